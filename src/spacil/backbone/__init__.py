@@ -1,0 +1,9 @@
+"""Frozen CLIP backbones (open_clip) exposing global and token-level features."""
+
+from .clip_adapter import BackboneLoadError, FrozenCLIP, ImageFeatures, TextFeatures, load_backbone, pick_device
+from .registry import ALIASES, BackboneSpec, resolve_backbone
+
+__all__ = [
+    "ALIASES", "BackboneLoadError", "BackboneSpec", "FrozenCLIP", "ImageFeatures", "TextFeatures",
+    "load_backbone", "pick_device", "resolve_backbone",
+]

@@ -1,0 +1,251 @@
+"""One typed configuration schema for every run.
+
+Every tunable of the project lives here, so a run folder's ``config.yaml`` is the complete
+description of what ran. Unknown keys are errors (``extra="forbid"``) because a silently ignored
+typo in a hyperparameter is the worst kind of irreproducibility.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message is one line meant for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneConfig(_Strict):
+    """Which frozen CLIP encodes images and texts, and how it runs."""
+
+    name: str = Field("tiny-test", description="Registered backbone (see `spa-cil info`) or ARCH@TAG / ARCH@/path/to/weights.")
+    checkpoint: Path | None = Field(None, description="Local weights file overriding the named weights (same architecture).")
+    device: str = Field("auto", description="'auto' picks cuda when available, else cpu.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="'auto' is bf16 autocast on GPU and fp32 on CPU."
+    )
+    batch_size: int = Field(128, ge=1, description="Images per encoder forward during feature extraction.")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers that decode images.")
+
+
+class DataConfig(_Strict):
+    """Which dataset and which class-incremental split."""
+
+    dataset: str = Field("image_folder", description="Dataset key (see `spa-cil info`).")
+    root: Path | None = Field(None, description="Dataset folder; defaults to $SPACIL_DATA_ROOT/<dataset>.")
+    class_order: Literal["shipped", "natural"] | list[int] | Path = Field(
+        "shipped",
+        description="'shipped' = the seed-1993 order data file of the dataset, 'natural' = label order, "
+        "a list of class indices, or a path to a JSON/text file holding one.",
+    )
+    init_cls: int = Field(10, ge=1, description="Classes in the first task (B0 -> equal to increment, B50 -> 50).")
+    increment: int = Field(10, ge=1, description="Classes added by each later task (the last may be smaller).")
+    bad_images: Literal["skip", "error"] = Field(
+        "skip", description="Unreadable images: 'skip' logs each file and leaves it out, 'error' stops before training."
+    )
+    download: bool = Field(False, description="Allow torchvision datasets to download when absent.")
+
+
+class CacheConfig(_Strict):
+    """Where frozen features are stored so the encoder runs once per image."""
+
+    enabled: bool = True
+    root: Path = Field(Path("~/.cache/spacil/features"), description="Folder of the feature cache.")
+    verify: Literal["fast", "full"] = Field(
+        "fast", description="'fast' checks manifest, shapes and sizes; 'full' also re-hashes the stored arrays."
+    )
+
+
+class TextConfig(_Strict):
+    """How classes are turned into text for the frozen text encoder."""
+
+    templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."],
+                                 description="Prompt templates averaged into each class's [EOS] embedding.")
+
+    @field_validator("templates")
+    @classmethod
+    def _has_slot(cls, v: list[str]) -> list[str]:
+        if not v or any("{}" not in t for t in v):
+            raise ValueError("each template needs one '{}' for the class name")
+        return v
+
+
+class ZeroShotConfig(_Strict):
+    """Continual-CLIP: classify by similarity of the image to the class prompts; nothing is trained."""
+
+    logit_scale: float = Field(100.0, gt=0)
+
+
+class SimpleCILConfig(_Strict):
+    """SimpleCIL: a cosine classifier whose weights are class-mean frozen features (prototypes)."""
+
+    logit_scale: float = Field(16.0, gt=0)
+
+
+class MethodConfig(_Strict):
+    """The learner and its settings; only the section of the chosen ``name`` is used."""
+
+    name: Literal["zeroshot", "simplecil"] = "simplecil"
+    zeroshot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
+    simplecil: SimpleCILConfig = Field(default_factory=SimpleCILConfig)
+
+
+class TrainConfig(_Strict):
+    """Optimisation on cached features."""
+
+    seed: int = Field(1993, description="Seeds every generator of the run (no global RNG is touched).")
+    epochs: int = Field(5, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    device: str = Field("auto", description="Device for training on cached features.")
+
+
+class RunConfig(_Strict):
+    """Where results go."""
+
+    output_dir: Path = Field(Path("runs"), description="Parent folder of run folders.")
+    name: str | None = Field(None, description="Run folder name; default <dataset>-<method>-<timestamp>.")
+    save_checkpoints: bool = True
+    plots: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v or v in {".", ".."}):
+            raise ValueError("run.name must be a plain folder name")
+        return v
+
+
+class Config(_Strict):
+    """The whole run."""
+
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _split_fits(self) -> "Config":
+        if isinstance(self.data.class_order, list) and len(self.data.class_order) < self.data.init_cls:
+            raise ValueError(
+                f"data.init_cls={self.data.init_cls} exceeds the {len(self.data.class_order)} classes of data.class_order"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+PRESET_PACKAGE = "spacil.configs"
+
+
+def list_presets() -> list[str]:
+    """Names of the YAML presets shipped with the package."""
+    folder = resources.files(PRESET_PACKAGE)
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str | Path) -> dict[str, Any]:
+    """Read a preset name or a YAML file path into a dict."""
+    path = Path(source)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text()
+    else:
+        name = str(source)
+        preset = resources.files(PRESET_PACKAGE) / f"{name}.yaml"
+        if not preset.is_file():
+            raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
+        text = preset.read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source} must be a YAML mapping at top level")
+    base = data.pop("extends", None)
+    if base is not None:
+        data = deep_merge(_read_yaml(base), data)
+    return data
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value``; the value is read as YAML so numbers, booleans and lists keep their type."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``--set`` overrides to a raw config dict."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the dotted key, instead of pydantic's multi-line dump."""
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{loc}'")
+        else:
+            problems.append(f"{loc}: {err['msg']}")
+    return "invalid config: " + "; ".join(problems)
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """Validate a raw dict into a :class:`Config`, raising :class:`ConfigError` with a one-line message."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a preset name or YAML file (or the defaults), then apply ``--set`` overrides."""
+    data = _read_yaml(source) if source is not None else {}
+    return build_config(apply_overrides(data, overrides or []))
+
+
+def config_to_yaml(config: Config) -> str:
+    """The resolved config as YAML, as written into every run folder."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,213 @@
+"""On-disk cache of frozen features: each image is encoded once per (backbone, transform, split).
+
+Layout of one entry (a folder, renamed into place only when complete, so a killed run never leaves a
+half-written entry behind under the final name)::
+
+    <root>/<dataset>/<split>-<key[:16]>/
+        manifest.json   key, what the key was made of, shapes, dtypes, file sizes and sha256
+        global.npy      [N, D]    float16  projected [CLS] features
+        patches.npy     [N, P, D] float16  projected patch tokens
+        labels.npy      [N]       int64    original dataset labels
+        ids.json        sample ids (relative paths / array indices), skipped files
+
+Arrays are memory-mapped on load, so a dataset larger than RAM still trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+ARRAY_FILES = ("global.npy", "patches.npy", "labels.npy")
+
+
+class CacheError(RuntimeError):
+    """A cache entry that exists but cannot be trusted (stale, truncated, tampered)."""
+
+
+@dataclass
+class FeatureSet:
+    """Frozen features of one dataset split (rows aligned across arrays)."""
+
+    global_: np.ndarray  # [N, D] float16 (memmap when loaded from disk)
+    patches: np.ndarray  # [N, P, D] float16
+    labels: np.ndarray  # [N] int64, original dataset labels
+    sample_ids: list[str]
+    class_names: list[str]
+    skipped: list[str] = field(default_factory=list)
+    location: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.global_.shape[1])
+
+    @property
+    def num_patches(self) -> int:
+        return int(self.patches.shape[1])
+
+
+def cache_key(parts: dict) -> str:
+    """sha256 of a canonical JSON rendering of what determines the features."""
+    blob = json.dumps({"format": CACHE_FORMAT_VERSION, **parts}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class FeatureCache:
+    """Finds, validates and writes cache entries under ``root``."""
+
+    def __init__(self, root: Path | str, verify: str = "fast") -> None:
+        self.root = Path(root).expanduser()
+        if verify not in {"fast", "full"}:
+            raise ValueError("verify must be 'fast' or 'full'")
+        self.verify = verify
+
+    def entry_dir(self, dataset: str, split: str, key: str) -> Path:
+        return self.root / dataset / f"{split}-{key[:16]}"
+
+    # ------------------------------------------------------------------ reading
+    def load(self, dataset: str, split: str, key: str) -> FeatureSet | None:
+        """The cached features for ``key``, ``None`` if absent; :class:`CacheError` if present but untrustworthy."""
+        folder = self.entry_dir(dataset, split, key)
+        if not folder.exists():
+            return None
+        manifest_path = folder / "manifest.json"
+        hint = f"delete {folder} to rebuild it"
+        if not manifest_path.is_file():
+            raise CacheError(f"feature cache entry {folder} has no manifest (incomplete or corrupt); {hint}")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            raise CacheError(f"feature cache manifest {manifest_path} is not valid JSON; {hint}") from None
+        if manifest.get("key") != key:
+            raise CacheError(f"feature cache entry {folder} was built from other inputs (stale key); {hint}")
+        if manifest.get("format") != CACHE_FORMAT_VERSION:
+            raise CacheError(f"feature cache entry {folder} has format {manifest.get('format')}, "
+                             f"expected {CACHE_FORMAT_VERSION}; {hint}")
+        arrays = {}
+        for name in ARRAY_FILES:
+            path = folder / name
+            info = manifest["files"][name]
+            if not path.is_file() or path.stat().st_size != info["bytes"]:
+                raise CacheError(f"feature cache file {path} is missing or truncated; {hint}")
+            if self.verify == "full" and _sha256_file(path) != info["sha256"]:
+                raise CacheError(f"feature cache file {path} does not match its checksum; {hint}")
+            try:
+                arrays[name] = np.load(path, mmap_mode="r")
+            except ValueError as exc:
+                raise CacheError(f"feature cache file {path} cannot be read ({exc}); {hint}") from None
+            if list(arrays[name].shape) != info["shape"]:
+                raise CacheError(f"feature cache file {path} has shape {arrays[name].shape}, manifest says {info['shape']}; {hint}")
+        ids = json.loads((folder / "ids.json").read_text())
+        return FeatureSet(
+            global_=arrays["global.npy"], patches=arrays["patches.npy"], labels=np.asarray(arrays["labels.npy"]),
+            sample_ids=ids["sample_ids"], class_names=manifest["class_names"], skipped=ids["skipped"], location=folder,
+        )
+
+    # ------------------------------------------------------------------ writing
+    def writer(self, dataset: str, split: str, key: str, key_parts: dict, n: int, num_patches: int, dim: int,
+               class_names: Sequence[str]) -> "CacheWriter":
+        return CacheWriter(self, dataset, split, key, key_parts, n, num_patches, dim, list(class_names))
+
+
+class CacheWriter:
+    """Fills preallocated memory-mapped arrays in a temporary folder and publishes them atomically."""
+
+    def __init__(self, cache: FeatureCache, dataset: str, split: str, key: str, key_parts: dict, n: int,
+                 num_patches: int, dim: int, class_names: list[str]) -> None:
+        self.final_dir = cache.entry_dir(dataset, split, key)
+        self.tmp_dir = self.final_dir.with_name(f".{self.final_dir.name}.partial-{os.getpid()}")
+        if self.tmp_dir.exists():
+            shutil.rmtree(self.tmp_dir)
+        self.tmp_dir.mkdir(parents=True)
+        self.key, self.key_parts, self.class_names = key, key_parts, class_names
+        self.dataset, self.split = dataset, split
+        open_mm = np.lib.format.open_memmap
+        self.global_ = open_mm(self.tmp_dir / "global.npy", mode="w+", dtype=np.float16, shape=(n, dim))
+        self.patches = open_mm(self.tmp_dir / "patches.npy", mode="w+", dtype=np.float16, shape=(n, num_patches, dim))
+        self.labels = open_mm(self.tmp_dir / "labels.npy", mode="w+", dtype=np.int64, shape=(n,))
+        self.filled = np.zeros(n, dtype=bool)
+
+    def write(self, indices: np.ndarray, global_: np.ndarray, patches: np.ndarray, labels: np.ndarray) -> None:
+        self.global_[indices] = global_.astype(np.float16)
+        self.patches[indices] = patches.astype(np.float16)
+        self.labels[indices] = labels
+        self.filled[indices] = True
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    def commit(self, sample_ids: list[str], skipped: list[str]) -> Path:
+        """Drop rows of skipped images, checksum, write the manifest, rename into place."""
+        keep = np.flatnonzero(self.filled)
+        if len(keep) != len(sample_ids):
+            raise RuntimeError("cache writer: sample ids do not match the rows written")
+        for mm in (self.global_, self.patches, self.labels):
+            mm.flush()
+        if len(keep) < len(self.filled):
+            self._compact(keep)
+        files = {}
+        for name in ARRAY_FILES:
+            path = self.tmp_dir / name
+            _fsync_file(path)
+            arr = np.load(path, mmap_mode="r")
+            files[name] = {"bytes": path.stat().st_size, "sha256": _sha256_file(path), "shape": list(arr.shape),
+                           "dtype": str(arr.dtype)}
+        write_json_atomic(self.tmp_dir / "ids.json", {"sample_ids": sample_ids, "skipped": skipped})
+        manifest = {"format": CACHE_FORMAT_VERSION, "key": self.key, "inputs": self.key_parts, "dataset": self.dataset,
+                    "split": self.split, "n": int(len(keep)), "class_names": self.class_names, "files": files}
+        write_json_atomic(self.tmp_dir / "manifest.json", manifest)
+        if self.final_dir.exists():  # another process finished the same entry first; keep theirs
+            shutil.rmtree(self.tmp_dir)
+        else:
+            os.replace(self.tmp_dir, self.final_dir)
+        return self.final_dir
+
+    def _compact(self, keep: np.ndarray) -> None:
+        """Rewrite arrays without the rows of skipped images (rare: only when files are unreadable)."""
+        for name, src in (("global.npy", self.global_), ("patches.npy", self.patches), ("labels.npy", self.labels)):
+            tmp = self.tmp_dir / f"compact-{name}"
+            dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(keep), *src.shape[1:]))
+            for start in range(0, len(keep), 4096):
+                dst[start:start + 4096] = src[keep[start:start + 4096]]
+            dst.flush()
+            del dst
+            os.replace(tmp, self.tmp_dir / name)

@@ -1,0 +1,114 @@
+"""Run the frozen encoder over a dataset split once and store the result in the feature cache."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..backbone import FrozenCLIP
+from ..data.datasets import BadImageError, DatasetError, ImageSource
+from .cache import FeatureCache, FeatureSet, cache_key
+
+logger = logging.getLogger(__name__)
+
+
+class _TransformedImages(Dataset):
+    """Decodes and preprocesses images; a bad file yields ``None`` instead of killing the loader."""
+
+    def __init__(self, source: ImageSource, transform: Callable, indices: np.ndarray) -> None:
+        self.source, self.transform, self.indices = source, transform, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = int(self.indices[i])
+        try:
+            return index, self.transform(self.source.load(index)), None
+        except BadImageError as exc:
+            return index, None, exc.reason
+
+
+def _collate(batch):
+    good = [(i, x) for i, x, err in batch if x is not None]
+    bad = [(i, err) for i, x, err in batch if x is None]
+    indices = torch.tensor([i for i, _ in good], dtype=torch.long)
+    images = torch.stack([x for _, x in good]) if good else None
+    return indices, images, bad
+
+
+def feature_key_parts(source: ImageSource, backbone: FrozenCLIP) -> dict:
+    """Everything that determines the cached features of ``source``."""
+    return {
+        "backbone": backbone.name,
+        "weights_sha256": backbone.fingerprint(),
+        "transform": backbone.transform_description(),
+        "dataset": source.dataset,
+        "split": source.split,
+        "content_sha256": source.content_hash(),
+    }
+
+
+def iterate_features(source: ImageSource, backbone: FrozenCLIP, indices: np.ndarray, batch_size: int,
+                     num_workers: int, progress: bool = True, desc: str = "extract"):
+    """Yield ``(indices, global, patches, bad)`` per batch; ``bad`` lists ``(index, reason)`` of unreadable files."""
+    loader = DataLoader(_TransformedImages(source, backbone.preprocess, indices), batch_size=batch_size,
+                        shuffle=False, num_workers=num_workers, collate_fn=_collate,
+                        pin_memory=backbone.device.type == "cuda", persistent_workers=False)
+    for idx, images, bad in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        if images is None:
+            yield idx.numpy(), None, None, bad
+            continue
+        feats = backbone.encode_images(images)
+        yield idx.numpy(), feats.global_.cpu().numpy(), feats.patches.cpu().numpy(), bad
+
+
+def extract_to_cache(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache, key: str, key_parts: dict,
+                     batch_size: int = 128, num_workers: int = 2, bad_images: str = "skip",
+                     progress: bool = True) -> FeatureSet:
+    """Encode every image of ``source`` once and publish the cache entry."""
+    n = len(source)
+    writer = cache.writer(source.dataset, source.split, key, key_parts, n, backbone.num_patches,
+                          backbone.embed_dim, source.class_names)
+    failures: list[tuple[int, str]] = []
+    try:
+        for idx, g, p, bad in iterate_features(source, backbone, np.arange(n), batch_size, num_workers, progress,
+                                               desc=f"{source.dataset}/{source.split}"):
+            failures.extend(bad)
+            if g is not None:
+                writer.write(idx, g, p, source.labels[idx])
+        if failures:
+            names = [f"{source.sample_id(i)} ({reason})" for i, reason in failures]
+            if bad_images == "error":
+                raise DatasetError(f"{len(failures)} unreadable images in {source.dataset}/{source.split}: "
+                                   + "; ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+                                   + " (set data.bad_images=skip to leave them out)")
+            for name in names:
+                logger.warning("skipped unreadable image %s", name)
+        kept = np.flatnonzero(writer.filled)
+        folder = writer.commit([source.sample_id(int(i)) for i in kept],
+                               [source.sample_id(i) for i, _ in failures])
+    except BaseException:
+        writer.abort()
+        raise
+    logger.info("cached %d features of %s/%s in %s", len(kept), source.dataset, source.split, folder)
+    loaded = cache.load(source.dataset, source.split, key)
+    assert loaded is not None
+    return loaded
+
+
+def get_features(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache, batch_size: int = 128,
+                 num_workers: int = 2, bad_images: str = "skip", progress: bool = True) -> FeatureSet:
+    """Cached features of ``source``, extracting them first if this (backbone, transform, split) is new."""
+    parts = feature_key_parts(source, backbone)
+    key = cache_key(parts)
+    found = cache.load(source.dataset, source.split, key)
+    if found is not None:
+        logger.info("reusing cached features %s", found.location)
+        return found
+    return extract_to_cache(source, backbone, cache, key, parts, batch_size, num_workers, bad_images, progress)

@@ -1,0 +1,32 @@
+"""Zero-shot CLIP (Continual-CLIP): nothing is trained; images are matched to class prompts."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import ZeroShotConfig
+from .base import FeatureBatch, Learner, TaskContext
+
+
+class ZeroShotCLIP(Learner):
+    """Cosine similarity of the frozen [CLS] feature to the prompt embedding of each seen class."""
+
+    name = "zeroshot"
+
+    def __init__(self, config: ZeroShotConfig) -> None:
+        self.config = config
+        self.prompts: Tensor | None = None
+
+    def learn_task(self, ctx: TaskContext, train: FeatureBatch) -> dict:
+        self.prompts = F.normalize(ctx.texts.prompt_embeddings.to(ctx.device), dim=-1)
+        return {}
+
+    def logits(self, batch: FeatureBatch, n_seen: int) -> Tensor:
+        assert self.prompts is not None, "learn_task must run before logits"
+        image = F.normalize(batch.global_, dim=-1)
+        return self.config.logit_scale * image @ self.prompts[:n_seen].T
+
+    def load_trainable_state(self, state, ctx: TaskContext) -> None:
+        super().load_trainable_state(state, ctx)
+        self.learn_task(ctx, None)  # type: ignore[arg-type]

@@ -1,0 +1,63 @@
+"""Plots of a run: accuracy after each stage and the accuracy-matrix heatmap (matplotlib, no display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_stage_curves(path: Path, curves: Mapping[str, Sequence[float]], title: str = "Accuracy on all seen classes") -> Path:
+    """One line per method: top-1 (%) after each stage."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+    ax.set_xlabel("stage (tasks learned)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_matrix(path: Path, matrix: np.ndarray, title: str = "R[t, j]: accuracy on task j after task t") -> Path:
+    plt = _pyplot()
+    t, n = matrix.shape
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 1.0 + 0.55 * t), dpi=120)
+    im = ax.imshow(np.ma.masked_invalid(matrix), vmin=0, vmax=100, cmap="viridis")
+    for i in range(t):
+        for j in range(n):
+            if not np.isnan(matrix[i, j]):
+                ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] < 60 else "black")
+    ax.set_xlabel("task j")
+    ax.set_ylabel("after task t")
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(t))
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_run(folder: Path, matrix: np.ndarray, stage_accuracies: Sequence[float]) -> None:
+    plots = Path(folder) / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_stage_curves(plots / "accuracy_per_stage.png", {"top-1": stage_accuracies})
+    plot_accuracy_matrix(plots / "accuracy_matrix.png", matrix)

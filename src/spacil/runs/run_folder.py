@@ -1,0 +1,117 @@
+"""The folder every run writes, built so that no finished result is ever lost.
+
+::
+
+    <output_dir>/<name>/
+        config.yaml            resolved config (everything that ran)
+        environment.json       versions, git SHA, device
+        metrics.jsonl          one JSON row per finished stage, appended and fsynced as it happens
+        accuracy_matrix.csv    R[t, j] (rewritten atomically after each stage)
+        summary.json           average / last accuracy, forgetting, BWT (at the end)
+        checkpoints/task_XX.safetensors   trainable state after each task
+        plots/*.png            accuracy per stage, accuracy-matrix heatmap
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import Config, config_to_yaml
+from ..evaluation.metrics import IncrementalMetrics, StageResult
+from ..features.cache import write_json_atomic
+from .environment import collect_environment
+
+logger = logging.getLogger(__name__)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def default_run_name(config: Config) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{config.data.dataset}-{config.method.name}-{stamp}"
+
+
+class RunFolder:
+    """Writes one run's results as they are produced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, config: Config, device: torch.device | None = None) -> "RunFolder":
+        name = config.run.name or default_run_name(config)
+        path = Path(config.run.output_dir).expanduser() / name
+        if (path / "metrics.jsonl").exists():
+            raise FileExistsError(f"run folder {path} already holds results; choose another run.name")
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        folder = cls(path)
+        write_text_atomic(path / "config.yaml", config_to_yaml(config))
+        write_json_atomic(path / "environment.json", collect_environment(device))
+        return folder
+
+    # ------------------------------------------------------------------ per stage
+    def log_stage(self, result: StageResult, extra: dict | None = None) -> None:
+        row = {"stage": result.stage, "accuracy": result.accuracy, "per_task": result.per_task,
+               "old_accuracy": result.old_accuracy, "new_accuracy": result.new_accuracy,
+               "n_test": result.n_samples, **(extra or {})}
+        with open(self.path / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def write_accuracy_matrix(self, matrix: np.ndarray) -> None:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["after_task"] + [f"task_{j}" for j in range(matrix.shape[1])])
+        for t, row in enumerate(matrix):
+            writer.writerow([t] + ["" if np.isnan(v) else f"{v:.4f}" for v in row])
+        write_text_atomic(self.path / "accuracy_matrix.csv", buf.getvalue())
+
+    def save_checkpoint(self, task: int, state: dict[str, torch.Tensor]) -> Path:
+        path = self.path / "checkpoints" / f"task_{task:02d}.safetensors"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata={"task": str(task)})
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, task: int) -> dict[str, torch.Tensor]:
+        path = self.path / "checkpoints" / f"task_{task:02d}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint for task {task} in {self.path}")
+        return load_file(str(path))
+
+    # ------------------------------------------------------------------ end
+    def finish(self, metrics: IncrementalMetrics, extra: dict | None = None, plots: bool = True) -> dict:
+        summary = {**metrics.summary(), **(extra or {})}
+        write_json_atomic(self.path / "summary.json", summary)
+        if plots:
+            from .plots import plot_run
+
+            try:
+                plot_run(self.path, metrics.accuracy_matrix, metrics.stage_accuracies)
+            except Exception as exc:  # noqa: BLE001 - a plot must never cost the results
+                logger.warning("plots not written: %s", exc)
+        return summary
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a run's ``metrics.jsonl``."""
+    with open(Path(path) / "metrics.jsonl") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,160 @@
+"""The class-incremental loop shared by every method: one code path for every number in a table.
+
+Order of work in a run: load the backbone, get frozen features of both splits (from the cache when
+possible, so the encoder runs at most once per image), build the scenario and the class texts, then for
+each task: learn it, evaluate on every class seen so far, append the stage to the run folder and save the
+trainable state.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..backbone import FrozenCLIP, load_backbone, pick_device
+from ..config import Config
+from ..data.datasets import load_split
+from ..data.scenario import Scenario, build_scenario, resolve_class_order
+from ..evaluation.metrics import IncrementalMetrics, evaluate_stage
+from ..features import FeatureCache, FeatureSet, get_features
+from ..methods import FeatureBatch, Learner, TaskContext, make_learner
+from ..runs import RunFolder
+from ..text import ClassTexts, build_class_texts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Everything a run needs before its first task: features, scenario, class texts."""
+
+    backbone: FrozenCLIP
+    train: FeatureSet
+    test: FeatureSet
+    scenario: Scenario
+    texts: ClassTexts
+    train_labels: np.ndarray  # new labels of train rows
+    test_labels: np.ndarray  # new labels of test rows
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    summary: dict
+    metrics: IncrementalMetrics
+
+
+def task_seed(seed: int, task: int) -> int:
+    """An independent seed per task derived from the run seed (no global RNG involved)."""
+    return int(np.random.SeedSequence([seed, task]).generate_state(1)[0])
+
+
+def prepare_data(config: Config, backbone: FrozenCLIP | None = None, cache_root: Path | None = None,
+                 progress: bool = True) -> PreparedData:
+    """Backbone, cached features of both splits, scenario and class texts for ``config``."""
+    backbone = backbone or load_backbone(config.backbone.name, config.backbone.checkpoint,
+                                         config.backbone.device, config.backbone.precision)
+    cache = FeatureCache(cache_root or config.cache.root, verify=config.cache.verify)
+    sources = {split: load_split(config.data.dataset, split, config.data.root, config.data.download)
+               for split in ("train", "test")}
+    if sources["train"].class_names != sources["test"].class_names:
+        raise ValueError(f"{config.data.dataset}: train and test splits list different classes")
+    feats = {split: get_features(src, backbone, cache, config.backbone.batch_size, config.backbone.num_workers,
+                                 config.data.bad_images, progress) for split, src in sources.items()}
+    class_names = sources["train"].class_names
+    order = resolve_class_order(config.data.class_order, config.data.dataset, len(class_names))
+    scenario = build_scenario(class_names, order, config.data.init_cls, config.data.increment)
+    texts = build_class_texts(backbone, scenario.class_names, config.text.templates)
+    return PreparedData(backbone, feats["train"], feats["test"], scenario, texts,
+                        scenario.remap(feats["train"].labels), scenario.remap(feats["test"].labels))
+
+
+def load_rows(features: FeatureSet, rows: np.ndarray, new_labels: np.ndarray, device: torch.device) -> FeatureBatch:
+    """Rows of a (memory-mapped) feature set as tensors: global float32, patches kept float16 to halve memory."""
+    rows = np.sort(rows)
+    return FeatureBatch(
+        global_=torch.from_numpy(np.asarray(features.global_[rows], dtype=np.float32)).to(device),
+        patches=torch.from_numpy(np.ascontiguousarray(features.patches[rows])).to(device),
+        labels=torch.from_numpy(new_labels[rows].astype(np.int64)).to(device),
+    )
+
+
+@torch.no_grad()
+def predict(learner: Learner, features: FeatureSet, rows: np.ndarray, new_labels: np.ndarray, n_seen: int,
+            device: torch.device, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true new labels of ``rows``, scored in batches against the ``n_seen`` classes."""
+    preds, targets = [], []
+    for start in range(0, len(rows), batch_size):
+        batch = load_rows(features, rows[start:start + batch_size], new_labels, device)
+        preds.append(learner.logits(batch, n_seen).argmax(dim=-1).cpu())
+        targets.append(batch.labels.cpu())
+    return torch.cat(preds).numpy(), torch.cat(targets).numpy()
+
+
+def task_context(config: Config, data: PreparedData, task: int, device: torch.device) -> TaskContext:
+    return TaskContext(task=task, new_classes=data.scenario.task_range(task), n_seen=data.scenario.seen_classes(task),
+                       texts=data.texts, device=device, seed=task_seed(config.train.seed, task))
+
+
+def run_experiment(config: Config, data: PreparedData | None = None, progress: bool = True) -> RunResult:
+    """Train and evaluate ``config.method`` over every task; write the run folder as it goes."""
+    with tempfile.TemporaryDirectory(prefix="spacil-nocache-") as scratch:
+        cache_root = None if config.cache.enabled else Path(scratch)
+        data = data or prepare_data(config, cache_root=cache_root, progress=progress)
+        device = pick_device(config.train.device)
+        learner = make_learner(config)
+        folder = RunFolder.create(config, device)
+        scenario = data.scenario
+        metrics = IncrementalMetrics(scenario.n_tasks)
+        task_of_label = scenario.task_of_label(np.arange(scenario.n_classes))
+        logger.info("run %s: %s on %s, %d tasks %s", folder.path.name, learner.name, config.data.dataset,
+                    scenario.n_tasks, list(scenario.task_sizes))
+        stages = tqdm(range(scenario.n_tasks), desc=f"{learner.name} tasks", unit="task", disable=not progress)
+        for task in stages:
+            ctx = task_context(config, data, task, device)
+            train_rows = np.flatnonzero(np.isin(data.train_labels, list(ctx.new_classes)))
+            start = time.perf_counter()
+            stats = learner.learn_task(ctx, load_rows(data.train, train_rows, data.train_labels, device))
+            train_seconds = time.perf_counter() - start
+            test_rows = np.flatnonzero(data.test_labels < ctx.n_seen)
+            preds, targets = predict(learner, data.test, test_rows, data.test_labels, ctx.n_seen, device)
+            result = evaluate_stage(task, preds, targets, task_of_label)
+            metrics.add(result)
+            folder.log_stage(result, {"n_seen": ctx.n_seen, "train_seconds": round(train_seconds, 3), **stats})
+            folder.write_accuracy_matrix(metrics.accuracy_matrix)
+            if config.run.save_checkpoints:
+                folder.save_checkpoint(task, learner.trainable_state())
+            stages.set_postfix(acc=f"{result.accuracy:.1f}")
+        summary = folder.finish(metrics, {"method": learner.name, "dataset": config.data.dataset,
+                                          "backbone": config.backbone.name,
+                                          "task_sizes": list(scenario.task_sizes)}, plots=config.run.plots)
+    return RunResult(folder.path, summary, metrics)
+
+
+def evaluate_run(folder: Path, progress: bool = True) -> IncrementalMetrics:
+    """Re-evaluate a finished run from its config and per-task checkpoints (the features come from the cache)."""
+    from ..config import load_config
+
+    folder = Path(folder)
+    config = load_config(folder / "config.yaml")
+    data = prepare_data(config, progress=progress)
+    device = pick_device(config.train.device)
+    learner = make_learner(config)
+    run = RunFolder(folder)
+    scenario = data.scenario
+    metrics = IncrementalMetrics(scenario.n_tasks)
+    task_of_label = scenario.task_of_label(np.arange(scenario.n_classes))
+    for task in range(scenario.n_tasks):
+        ctx = task_context(config, data, task, device)
+        learner.load_trainable_state(run.load_checkpoint(task), ctx)
+        test_rows = np.flatnonzero(data.test_labels < ctx.n_seen)
+        preds, targets = predict(learner, data.test, test_rows, data.test_labels, ctx.n_seen, device)
+        metrics.add(evaluate_stage(task, preds, targets, task_of_label))
+    return metrics

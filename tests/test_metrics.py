@@ -1,0 +1,56 @@
+"""Metrics against hand-computed matrices."""
+
+import math
+
+import numpy as np
+import pytest
+
+from spacil.evaluation.metrics import IncrementalMetrics, backward_transfer, evaluate_stage, forgetting, summarize
+
+
+def test_forgetting_and_bwt_hand_computed():
+    nan = np.nan
+    R = np.array([[90.0, nan, nan], [80.0, 70.0, nan], [60.0, 65.0, 50.0]])
+    # forgetting: task0 max(90, 80) - 60 = 30; task1 max(70) - 65 = 5 -> 17.5
+    assert forgetting(R) == pytest.approx(17.5)
+    # bwt: (60 - 90) + (65 - 70) = -35 / 2
+    assert backward_transfer(R) == pytest.approx(-17.5)
+    s = summarize(R, [90.0, 76.0, 58.0])
+    assert s["average_accuracy"] == pytest.approx(74.6666666)
+    assert s["last_accuracy"] == 58.0
+
+
+def test_forgetting_uses_max_not_first():
+    R = np.array([[50.0, np.nan, np.nan], [70.0, 80.0, np.nan], [40.0, 80.0, 10.0]])
+    assert forgetting(R) == pytest.approx(((70 - 40) + (80 - 80)) / 2)
+    assert backward_transfer(R) == pytest.approx(((40 - 50) + (80 - 80)) / 2)
+
+
+def test_single_stage_has_no_forgetting():
+    assert forgetting(np.array([[88.0]])) is None
+    assert backward_transfer(np.array([[88.0]])) is None
+
+
+def test_init_cls_differs_from_increment_stage_accuracy_is_sample_weighted():
+    # B4 Inc2: task 0 = labels 0..3, task 1 = labels 4..5
+    task_of_label = np.array([0, 0, 0, 0, 1, 1])
+    targets = np.array([0, 1, 2, 3, 0, 1, 2, 3, 4, 5])
+    preds = np.array([0, 1, 2, 0, 0, 1, 2, 3, 4, 0])  # task0: 7/8 correct, task1: 1/2
+    res = evaluate_stage(1, preds, targets, task_of_label)
+    assert res.per_task == pytest.approx([87.5, 50.0])
+    assert res.accuracy == pytest.approx(80.0)  # 8/10, not mean(87.5, 50) = 68.75
+    assert res.old_accuracy == pytest.approx(87.5)
+    assert res.new_accuracy == pytest.approx(50.0)
+
+
+def test_incremental_metrics_builds_matrix():
+    m = IncrementalMetrics(n_tasks=2)
+    m.add(evaluate_stage(0, np.array([0, 1, 1]), np.array([0, 1, 0]), np.array([0, 0, 1, 1])))
+    m.add(evaluate_stage(1, np.array([0, 1, 2, 2]), np.array([0, 1, 2, 3]), np.array([0, 0, 1, 1])))
+    R = m.accuracy_matrix
+    assert R[0, 0] == pytest.approx(200 / 3)
+    assert math.isnan(R[0, 1])
+    assert R[1].tolist() == pytest.approx([100.0, 50.0])
+    assert m.summary()["forgetting"] == pytest.approx(200 / 3 - 100)
+    with pytest.raises(ValueError):
+        m.add(evaluate_stage(5, np.array([0]), np.array([0]), np.array([0])))
