@@ -27,15 +27,21 @@ def test_bad_dataset_path_is_one_line_error(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: image_folder: dataset folder") and "nowhere" in lines[0]
 
 
-def test_describe_says_it_is_not_available_yet():
-    result = runner.invoke(app, ["describe"])
-    assert result.exit_code == 3 and "not implemented yet" in result.output
+def test_describe_without_api_key_is_one_line_error(image_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    result = runner.invoke(app, ["describe", "--model", "m", "--output", str(tmp_path / "d.json"), "--no-progress",
+                                 "--set", f"data.root={image_folder}", "--set", f"cache.root={tmp_path / 'c'}",
+                                 "--set", "backbone.num_workers=0"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "OPENAI_API_KEY" in lines[0]
 
 
 def test_train_then_eval(image_folder, tmp_path):
     common = ["--set", f"data.root={image_folder}", "--set", "data.init_cls=2", "--set", "data.increment=2",
               "--set", f"cache.root={tmp_path / 'cache'}", "--set", "backbone.num_workers=0"]
-    result = runner.invoke(app, ["train", *common, "--set", f"run.output_dir={tmp_path / 'runs'}",
+    result = runner.invoke(app, ["train", *common, "--set", "method.name=simplecil",
+                                 "--set", f"run.output_dir={tmp_path / 'runs'}",
                                  "--set", "run.name=cli", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "average accuracy" in result.output

@@ -36,6 +36,6 @@ def test_bad_values_are_one_line_errors():
 
 def test_yaml_extends(tmp_path):
     f = tmp_path / "mine.yaml"
-    f.write_text("extends: cifar100_b0_inc10_simplecil\ntrain:\n  epochs: 2\n")
+    f.write_text("extends: cifar100_b0_inc10\ntrain:\n  epochs: 2\n")
     cfg = load_config(f)
     assert cfg.data.dataset == "cifar100" and cfg.train.epochs == 2

@@ -56,9 +56,38 @@ def test_zeroshot_runs(image_folder, tmp_path, tiny_backbone):
     assert result.summary["n_stages"] == 2
 
 
-def test_existing_run_folder_is_not_overwritten(image_folder, tmp_path, tiny_backbone):
+def test_same_config_finds_its_finished_run_and_resume_false_refuses(image_folder, tmp_path, tiny_backbone):
     cfg = _config(image_folder, tmp_path, name="same")
     data = prepare_data(cfg, backbone=tiny_backbone, progress=False)
-    run_experiment(cfg, data=data, progress=False)
-    with pytest.raises(FileExistsError):
-        run_experiment(cfg, data=data, progress=False)
+    first = run_experiment(cfg, data=data, progress=False)
+    stamp = (first.folder / "metrics.jsonl").stat().st_mtime_ns
+    again = run_experiment(cfg, data=data, progress=False)
+    assert again.summary == first.summary
+    assert (first.folder / "metrics.jsonl").stat().st_mtime_ns == stamp, "a finished run is not run again"
+    no_resume = load_config(None, [f"data.root={image_folder}", "data.init_cls=2", "data.increment=2",
+                                   f"cache.root={tmp_path / 'cache'}", f"run.output_dir={tmp_path / 'runs'}",
+                                   "run.name=same", "method.name=simplecil", "backbone.num_workers=0",
+                                   "run.resume=false"])
+    with pytest.raises(FileExistsError, match="already holds results"):
+        run_experiment(no_resume, data=data, progress=False)
+
+
+def test_spa_end_to_end_with_a_description_file(image_folder, tmp_path, tiny_backbone, caplog):
+    from spacil.descriptions import DescriptionSet, save_description_file
+
+    phrases = {f"class_{c:02d}": [f"{colour} texture", f"{colour} surface patch", f"plain {colour} area",
+                                  f"smooth {colour} region", f"{colour} noise"]
+               for c, colour in enumerate(["red", "green", "blue", "yellow"])}
+    save_description_file(DescriptionSet("image_folder", phrases, produced_by="test"), image_folder / "descriptions.json")
+    cfg = load_config(None, [f"data.root={image_folder}", "data.init_cls=2", "data.increment=2",
+                             f"cache.root={tmp_path / 'cache'}", f"run.output_dir={tmp_path / 'runs'}",
+                             "method.name=spa", "backbone.num_workers=0", "train.epochs=3",
+                             "method.spa.selection.k=4"])
+    data = prepare_data(cfg, backbone=tiny_backbone, progress=False)
+    assert data.descriptions["source"].endswith("descriptions.json") and not data.descriptions["fallback_classes"]
+    assert data.texts.semantic.tokens.shape[:2] == (4, 5)
+    result = run_experiment(cfg, data=data, progress=False)
+    assert result.summary["n_stages"] == 2 and result.summary["last_accuracy"] > 50
+    state = load_file(str(result.folder / "checkpoints" / "task_01.safetensors"))
+    assert any(k.startswith("visual.adapters.1.") for k in state) and "bank.global.means" in state
+    assert evaluate_run(result.folder, progress=False).stage_accuracies == pytest.approx(result.summary["stage_accuracies"])

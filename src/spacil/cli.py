@@ -11,6 +11,9 @@ import typer
 
 from .config import ConfigError, list_presets, load_config
 
+DEFAULT_VARIANT_NAMES = ("zeroshot", "simplecil", "clsonly", "spa", "spa_no_ot", "spa_no_replay",
+                         "spa_shared_projector", "spa_random_selection")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SPA (Semantic-guided Patch-level Alignment) for CLIP-based class-incremental learning.")
 
@@ -103,6 +106,52 @@ def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
 
 
 @app.command()
+def compare(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = SetOption,
+            variants: str = typer.Option(",".join(DEFAULT_VARIANT_NAMES), help="Comma-separated variants "
+                                         "(see `spa-cil info`)."),
+            seeds: str = typer.Option("1993", help="Comma-separated training seeds; >1 gives mean ± std."),
+            output: Path = typer.Option(Path("runs/comparison"), help="Folder for the table and the runs."),
+            progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+    """Run methods and ablations on the same cached features and write one comparison table."""
+    from .experiments.compare import run_comparison
+
+    try:
+        cfg = load_config(config, set_ or [])
+        names = [v.strip() for v in variants.split(",") if v.strip()]
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        rows = run_comparison(cfg, names, seed_list, output, progress=progress)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    from .experiments.compare import comparison_markdown
+
+    typer.echo(comparison_markdown(rows))
+    typer.echo(f"table: {output / 'comparison.md'} (also .csv, .json, accuracy_per_stage.png)")
+
+
+@app.command()
+def demo(output: Path = typer.Option(Path("spacil-demo"), help="Report folder (data, cache and runs go inside)."),
+         seeds: str = typer.Option("1993", help="Comma-separated training seeds; 3 seeds give mean ± std."),
+         variants: Optional[str] = typer.Option(None, help="Comma-separated variants (default: SPA, baselines, "
+                                                "ablations)."),
+         n_classes: int = typer.Option(50, min=2, help="Parts-world classes."),
+         set_: Optional[List[str]] = SetOption,
+         progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+    """The built-in default: SPA vs baselines and ablations on parts world, with a report folder."""
+    from .experiments.demo import DEMO_VARIANTS, DemoSettings, run_demo
+    from .experiments.compare import comparison_markdown
+
+    try:
+        settings = DemoSettings(output=output, overrides=list(set_ or []),
+                                variants=[v.strip() for v in variants.split(",")] if variants else DEMO_VARIANTS,
+                                seeds=[int(s) for s in seeds.split(",") if s.strip()])
+        report, rows = run_demo(settings, n_classes=n_classes, progress=progress)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(comparison_markdown(rows))
+    typer.echo(f"report: {report} (and {report.with_suffix('.html')})")
+
+
+@app.command()
 def info() -> None:
     """List backbones, datasets, presets and shipped class orders."""
     from .backbone.registry import ALIASES
@@ -118,14 +167,58 @@ def info() -> None:
     typer.echo("presets (--config NAME):")
     typer.echo("  " + ", ".join(list_presets()))
     typer.echo("shipped class orders (seed 1993): " + ", ".join(shipped_class_order_datasets()))
+    from .experiments.compare import VARIANTS
+
+    typer.echo("compare variants:")
+    for name, overrides in VARIANTS.items():
+        typer.echo(f"  {name:22s} {' '.join(overrides)}")
 
 
 @app.command()
-def describe() -> None:
-    """Generate class-wise descriptions with a multimodal LLM (not yet available in this version)."""
-    typer.secho("error: `describe` is not implemented yet (tracked in the descriptions issue); "
-                "shipped description files need no LLM.", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=3)
+def describe(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = SetOption,
+             model: str = typer.Option(..., help="Multimodal model name served by the endpoint."),
+             base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "
+                                                    "(vLLM, Ollama); default: the OpenAI API."),
+             api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+             output: Path = typer.Option(Path("descriptions.json"), help="Description file to write."),
+             cache: Optional[Path] = typer.Option(None, help="JSONL cache of answers (resume); default <output>.cache.jsonl."),
+             n_representative: int = typer.Option(3, min=0, help="Images nearest the class centre."),
+             n_diverse: int = typer.Option(2, min=0, help="Farthest-point images."),
+             selection: str = typer.Option("centroid", help="Representative rule: centroid or kmeans."),
+             min_phrases: int = typer.Option(5, min=1), max_phrases: int = typer.Option(10, min=1),
+             json_mode: bool = typer.Option(True, help="Ask for response_format=json_object (disable for servers "
+                                            "that reject it)."),
+             max_attempts: int = typer.Option(5, min=1, help="Tries per class (backoff on 429, timeouts, 5xx)."),
+             timeout: float = typer.Option(120.0, help="Seconds per request."),
+             skip_failed: bool = typer.Option(False, help="Go on after a class fails (the file is then not written)."),
+             progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+    """Generate class-wise descriptions from representative and diverse images with a multimodal LLM."""
+    from .descriptions.generator import GenerationParameters
+    from .descriptions.pipeline import DescribeSettings, describe_dataset
+
+    def report(event) -> None:
+        typer.echo(f"[{event.index + 1}/{event.total}] {event.class_name}: {event.status}"
+                   + (f" ({event.attempts} attempts)" if event.attempts > 1 else ""))
+
+    try:
+        cfg = load_config(config, set_ or [])
+        settings = DescribeSettings(
+            model=model, output=output, cache=cache or output.with_suffix(".cache.jsonl"), base_url=base_url,
+            api_key_env=api_key_env, n_representative=n_representative, n_diverse=n_diverse, selection=selection,
+            seed=cfg.train.seed, parameters=GenerationParameters(min_phrases=min_phrases, max_phrases=max_phrases,
+                                                                 json_mode=json_mode),
+            timeout=timeout, max_attempts=max_attempts, on_failure="skip" if skip_failed else "raise")
+        summary = describe_dataset(cfg, settings, progress=report, show_bars=progress)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(f"done {len(summary.done)}, from cache {len(summary.cached)}, failed {len(summary.failed)}")
+    for name, reason in summary.failed.items():
+        typer.echo(f"  failed {name}: {reason}")
+    if summary.complete:
+        typer.echo(f"description file: {output}")
+    else:
+        typer.echo("not all classes are described: rerun the same command to resume", err=True)
+        raise typer.Exit(code=1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -91,10 +91,105 @@ class SimpleCILConfig(_Strict):
     logit_scale: float = Field(16.0, gt=0)
 
 
+class DescriptionsConfig(_Strict):
+    """Where class-wise visual-cue descriptions come from (no run ever calls an LLM)."""
+
+    source: Literal["auto", "file", "templates"] = Field(
+        "auto",
+        description="'auto': <data.root>/descriptions.json if present, else the shipped file of the dataset, "
+        "else prompt templates (with a warning naming the classes); 'file': `path`; 'templates': prompts only.",
+    )
+    path: Path | None = Field(None, description="Description file (spacil-descriptions JSON) for source=file.")
+
+    @model_validator(mode="after")
+    def _path_given(self) -> "DescriptionsConfig":
+        if self.source == "file" and self.path is None:
+            raise ValueError("descriptions.source=file needs descriptions.path")
+        return self
+
+
+class SemanticTokenConfig(_Strict):
+    """Which text features stand for a class on the patch-level side."""
+
+    kind: Literal["phrase", "word", "phrase+word"] = Field(
+        "phrase",
+        description="'phrase': one token per description phrase (its projected [EOS]); 'word': the projected "
+        "word-token outputs of every phrase; 'phrase+word': both.",
+    )
+    phrase_template: str = Field(
+        "{phrase}", description="How a phrase is put to the text encoder; may use {phrase} and {name}."
+    )
+
+    @field_validator("phrase_template")
+    @classmethod
+    def _has_phrase(cls, v: str) -> str:
+        if "{phrase}" not in v:
+            raise ValueError("phrase_template needs a '{phrase}' slot")
+        return v
+
+
+class SelectionConfig(_Strict):
+    """Description-guided choice of the patch tokens an image contributes to a class's score."""
+
+    rule: Literal["description", "token_max", "random", "all"] = Field(
+        "description",
+        description="Relevance of a patch to class c: 'description' = cosine to c's mean description embedding, "
+        "'token_max' = max cosine over c's semantic tokens; 'random' (ablation) ignores relevance; 'all' keeps every patch.",
+    )
+    k: int = Field(8, ge=1, description="Patches kept per (image, class); clipped to the number of patches.")
+
+
+class OTConfig(_Strict):
+    """Entropic optimal transport between selected patches and semantic tokens."""
+
+    aggregation: Literal["ot", "mean"] = Field(
+        "ot", description="'ot': transport-weighted similarity; 'mean' (ablation): cosine of mean-pooled patches and tokens."
+    )
+    eps: float = Field(0.1, gt=0, description="Entropic regularisation (cost = 1 - cosine).")
+    iterations: int = Field(30, ge=1, description="Fixed Sinkhorn iterations (no convergence check, no host sync).")
+    detach_plan: bool = Field(True, description="Gradient only through the similarities, not the iterations.")
+
+
+class ProjectorConfig(_Strict):
+    """Lightweight trainable adapters on top of the frozen features."""
+
+    per_task: bool = Field(True, description="A new projector per task, older ones frozen; false = one shared projector.")
+    hidden_dim: int = Field(256, ge=1, description="Bottleneck width of each residual projector.")
+    text: bool = Field(True, description="Also adapt the text side (class and semantic-token embeddings).")
+
+
+class ReplayConfig(_Strict):
+    """Gaussian old-class calibration: pseudo-features sampled from stored class statistics."""
+
+    enabled: bool = True
+    shrinkage: float = Field(0.1, ge=0, le=1, description="Covariance shrinkage towards a scaled identity.")
+    samples_per_class: int = Field(32, ge=1, description="Pseudo-features drawn per old class and epoch.")
+    patch_mode: Literal["none", "selected_tokens"] = Field(
+        "selected_tokens",
+        description="Patch branch replay: 'selected_tokens' models each class's description-selected patch tokens "
+        "with a Gaussian and samples pseudo patch sets; 'none' replays global features only.",
+    )
+    loss_weight: float = Field(1.0, ge=0)
+
+
+class SPAConfig(_Strict):
+    """SPA: global [CLS]-text alignment plus description-guided patch-level OT alignment."""
+
+    patch_branch: bool = Field(True, description="false = the CLS-only variant (global branch alone).")
+    fusion_weight: float = Field(1.0, ge=0, description="Patch score weight in logit = scale * (global + w * patch).")
+    logit_scale: float = Field(20.0, gt=0)
+    semantic: SemanticTokenConfig = Field(default_factory=SemanticTokenConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    ot: OTConfig = Field(default_factory=OTConfig)
+    projector: ProjectorConfig = Field(default_factory=ProjectorConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+
+
 class MethodConfig(_Strict):
     """The learner and its settings; only the section of the chosen ``name`` is used."""
 
-    name: Literal["zeroshot", "simplecil"] = "simplecil"
+    name: Literal["spa", "zeroshot", "simplecil"] = "spa"
+    spa: SPAConfig = Field(default_factory=SPAConfig)
     zeroshot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
     simplecil: SimpleCILConfig = Field(default_factory=SimpleCILConfig)
 
@@ -108,14 +203,17 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     device: str = Field("auto", description="Device for training on cached features.")
+    eval_batch_size: int = Field(256, ge=1, description="Images scored at once (memory knob, not a hyperparameter).")
 
 
 class RunConfig(_Strict):
     """Where results go."""
 
     output_dir: Path = Field(Path("runs"), description="Parent folder of run folders.")
-    name: str | None = Field(None, description="Run folder name; default <dataset>-<method>-<timestamp>.")
-    save_checkpoints: bool = True
+    name: str | None = Field(None, description="Run folder name; default <dataset>-<method>-<config hash>, "
+                             "so the same command finds the same folder.")
+    resume: bool = Field(True, description="Continue an unfinished run of the same config from its last finished task.")
+    save_checkpoints: bool = Field(True, description="Per-task trainable state (also what resuming needs).")
     plots: bool = True
 
     @field_validator("name")
@@ -133,6 +231,7 @@ class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     text: TextConfig = Field(default_factory=TextConfig)
+    descriptions: DescriptionsConfig = Field(default_factory=DescriptionsConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     run: RunConfig = Field(default_factory=RunConfig)

@@ -33,8 +33,13 @@ ALIASES: dict[str, BackboneSpec] = {
         BackboneSpec("laion2b/ViT-B-16", "ViT-B-16", "laion2b_s34b_b88k", "OpenCLIP ViT-B/16 LAION-2B"),
         BackboneSpec("openai/ViT-L-14", "ViT-L-14-quickgelu", "openai", "OpenAI CLIP ViT-L/14 (QuickGELU)"),
         BackboneSpec("tiny-test", "spacil-tiny-test", None, "Tiny random-init ViT (32px, 16 patches, 32-d) for tests; no download"),
+        BackboneSpec("partsworld-tiny", "spacil-partsworld-tiny", "package:assets/partsworld_tiny_clip.safetensors",
+                     "Tiny ViT (64px, 8x8 patches, 64-d) pretrained on parts world; shipped, no download"),
     ]
 }
+
+#: ``pretrained`` values starting with this prefix name a file shipped inside the package.
+PACKAGE_PREFIX = "package:"
 
 #: Architectures we ship as open_clip model configs (registered lazily with ``add_model_config``).
 LOCAL_MODEL_CONFIG_PACKAGE = "spacil.backbone.model_configs"
@@ -45,10 +50,19 @@ def local_model_config_dir() -> Path:
     return Path(str(resources.files(LOCAL_MODEL_CONFIG_PACKAGE)))
 
 
+def package_file(relative: str) -> Path:
+    return Path(str(resources.files("spacil"))) / relative
+
+
 def resolve_backbone(name: str, checkpoint: Path | str | None = None) -> BackboneSpec:
     """Turn a user-facing backbone name (and optional local checkpoint) into a :class:`BackboneSpec`."""
     if name in ALIASES:
         spec = ALIASES[name]
+        if spec.pretrained and spec.pretrained.startswith(PACKAGE_PREFIX):
+            path = package_file(spec.pretrained[len(PACKAGE_PREFIX):])
+            if not path.is_file():
+                raise FileNotFoundError(f"backbone {name}: shipped weights {path} are missing from the installation")
+            spec = BackboneSpec(spec.alias, spec.arch, str(path), spec.description)
     elif "@" in name:
         arch, _, tag = name.partition("@")
         if not arch or not tag:

@@ -29,6 +29,12 @@ class StageResult:
     n_samples: int
 
 
+def stage_from_row(row: dict) -> StageResult:
+    """Rebuild a :class:`StageResult` from a ``metrics.jsonl`` row (resuming a run)."""
+    return StageResult(row["stage"], row["accuracy"], row["per_task"], row["old_accuracy"], row["new_accuracy"],
+                       row["n_test"])
+
+
 def _acc(correct: np.ndarray) -> float:
     return float(100.0 * correct.mean()) if correct.size else float("nan")
 

@@ -11,6 +11,10 @@ from .zeroshot import ZeroShotCLIP
 def make_learner(config: Config) -> Learner:
     """The learner named by ``config.method.name`` with its section of the config."""
     name = config.method.name
+    if name == "spa":
+        from ..spa.learner import SPALearner
+
+        return SPALearner(config.method.spa, config.train, chunk_size=config.train.eval_batch_size)
     if name == "zeroshot":
         return ZeroShotCLIP(config.method.zeroshot)
     if name == "simplecil":

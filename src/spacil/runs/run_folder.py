@@ -15,11 +15,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +43,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def config_digest(config: Config) -> str:
+    """sha256 of the resolved config without the ``run`` section (where results go is not what ran)."""
+    data = config.model_dump(mode="json")
+    data.pop("run")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
 def default_run_name(config: Config) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{config.data.dataset}-{config.method.name}-{stamp}"
+    """Deterministic, so rerunning the same command finds (and resumes) the same folder."""
+    return f"{config.data.dataset}-{config.method.name}-{config_digest(config)[:10]}"
 
 
 class RunFolder:
@@ -56,15 +63,57 @@ class RunFolder:
 
     @classmethod
     def create(cls, config: Config, device: torch.device | None = None) -> "RunFolder":
+        """A new run folder, or the unfinished one of the same config when ``run.resume`` is on."""
         name = config.run.name or default_run_name(config)
         path = Path(config.run.output_dir).expanduser() / name
-        if (path / "metrics.jsonl").exists():
-            raise FileExistsError(f"run folder {path} already holds results; choose another run.name")
-        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         folder = cls(path)
+        if (path / "config.yaml").exists() and (path / "metrics.jsonl").exists():
+            if not config.run.resume:
+                raise FileExistsError(f"run folder {path} already holds results; choose another run.name "
+                                      "or set run.resume=true")
+            if folder.config_digest() != config_digest(config):
+                raise FileExistsError(f"run folder {path} holds a run of a different config; choose another run.name")
+        if folder.finished:
+            return folder  # leave a finished run exactly as it is
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_text_atomic(path / "config.yaml", config_to_yaml(config))
         write_json_atomic(path / "environment.json", collect_environment(device))
         return folder
+
+    def config_digest(self) -> str:
+        from ..config import load_config
+
+        return config_digest(load_config(self.path / "config.yaml"))
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / "summary.json").is_file()
+
+    def completed_stages(self) -> list[dict]:
+        """Stages whose metrics row and checkpoint were both written; a torn last line is dropped.
+
+        The metrics file is rewritten to exactly these rows, so a resumed run appends after them.
+        """
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        rows = []
+        lines = path.read_text().splitlines()
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if row.get("stage") != len(rows) or not self.checkpoint_path(len(rows)).is_file():
+                break
+            rows.append(row)
+        if len(rows) < len(lines):
+            logger.warning("%s: dropping %d unfinished stage row(s)", path, len(lines) - len(rows))
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+        return rows
+
+    def checkpoint_path(self, task: int) -> Path:
+        return self.path / "checkpoints" / f"task_{task:02d}.safetensors"
 
     # ------------------------------------------------------------------ per stage
     def log_stage(self, result: StageResult, extra: dict | None = None) -> None:
@@ -85,14 +134,14 @@ class RunFolder:
         write_text_atomic(self.path / "accuracy_matrix.csv", buf.getvalue())
 
     def save_checkpoint(self, task: int, state: dict[str, torch.Tensor]) -> Path:
-        path = self.path / "checkpoints" / f"task_{task:02d}.safetensors"
+        path = self.checkpoint_path(task)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata={"task": str(task)})
         os.replace(tmp, path)
         return path
 
     def load_checkpoint(self, task: int) -> dict[str, torch.Tensor]:
-        path = self.path / "checkpoints" / f"task_{task:02d}.safetensors"
+        path = self.checkpoint_path(task)
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint for task {task} in {self.path}")
         return load_file(str(path))

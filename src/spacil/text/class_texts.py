@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..backbone import FrozenCLIP
+
+if TYPE_CHECKING:
+    from .semantic_tokens import SemanticTokens
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ class ClassTexts:
 
     class_names: list[str]
     prompt_embeddings: Tensor  # [C, D] L2-normalised mean over prompt templates
-    extras: dict[str, object] = field(default_factory=dict)  # method-specific text features (e.g. semantic tokens)
+    semantic: "SemanticTokens | None" = None  # description tokens (SPA's patch-level side), when needed
 
     def __len__(self) -> int:
         return len(self.class_names)

@@ -8,6 +8,7 @@ trainable state.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -22,11 +23,13 @@ from ..backbone import FrozenCLIP, load_backbone, pick_device
 from ..config import Config
 from ..data.datasets import load_split
 from ..data.scenario import Scenario, build_scenario, resolve_class_order
-from ..evaluation.metrics import IncrementalMetrics, evaluate_stage
+from ..evaluation.metrics import IncrementalMetrics, evaluate_stage, stage_from_row
 from ..features import FeatureCache, FeatureSet, get_features
 from ..methods import FeatureBatch, Learner, TaskContext, make_learner
 from ..runs import RunFolder
 from ..text import ClassTexts, build_class_texts
+from ..text.class_phrases import resolve_class_phrases
+from ..text.semantic_tokens import build_semantic_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class PreparedData:
     texts: ClassTexts
     train_labels: np.ndarray  # new labels of train rows
     test_labels: np.ndarray  # new labels of test rows
+    descriptions: dict | None = None  # where the class phrases came from (SPA only)
 
 
 @dataclass
@@ -72,8 +76,15 @@ def prepare_data(config: Config, backbone: FrozenCLIP | None = None, cache_root:
     order = resolve_class_order(config.data.class_order, config.data.dataset, len(class_names))
     scenario = build_scenario(class_names, order, config.data.init_cls, config.data.increment)
     texts = build_class_texts(backbone, scenario.class_names, config.text.templates)
+    descriptions = None
+    if config.method.name == "spa":
+        resolved = resolve_class_phrases(config, scenario.class_names)
+        sem = config.method.spa.semantic
+        texts.semantic = build_semantic_tokens(backbone, scenario.class_names, resolved.phrases, sem.kind,
+                                               sem.phrase_template)
+        descriptions = {"source": resolved.source, "fallback_classes": resolved.fallback_classes}
     return PreparedData(backbone, feats["train"], feats["test"], scenario, texts,
-                        scenario.remap(feats["train"].labels), scenario.remap(feats["test"].labels))
+                        scenario.remap(feats["train"].labels), scenario.remap(feats["test"].labels), descriptions)
 
 
 def load_rows(features: FeatureSet, rows: np.ndarray, new_labels: np.ndarray, device: torch.device) -> FeatureBatch:
@@ -88,7 +99,7 @@ def load_rows(features: FeatureSet, rows: np.ndarray, new_labels: np.ndarray, de
 
 @torch.no_grad()
 def predict(learner: Learner, features: FeatureSet, rows: np.ndarray, new_labels: np.ndarray, n_seen: int,
-            device: torch.device, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+            device: torch.device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Predicted and true new labels of ``rows``, scored in batches against the ``n_seen`` classes."""
     preds, targets = [], []
     for start in range(0, len(rows), batch_size):
@@ -104,19 +115,33 @@ def task_context(config: Config, data: PreparedData, task: int, device: torch.de
 
 
 def run_experiment(config: Config, data: PreparedData | None = None, progress: bool = True) -> RunResult:
-    """Train and evaluate ``config.method`` over every task; write the run folder as it goes."""
+    """Train and evaluate ``config.method`` over every task; write the run folder as it goes.
+
+    If the run folder of this config already holds finished tasks (a killed run), training resumes after
+    the last finished task from its checkpoint; a finished run is not repeated.
+    """
     with tempfile.TemporaryDirectory(prefix="spacil-nocache-") as scratch:
+        device = pick_device(config.train.device)
+        folder = RunFolder.create(config, device)
+        if folder.finished:
+            logger.info("run %s is already finished; reading its results", folder.path)
+            return RunResult(folder.path, json.loads((folder.path / "summary.json").read_text()),
+                             _metrics_from_rows(folder.completed_stages(), None))
         cache_root = None if config.cache.enabled else Path(scratch)
         data = data or prepare_data(config, cache_root=cache_root, progress=progress)
-        device = pick_device(config.train.device)
         learner = make_learner(config)
-        folder = RunFolder.create(config, device)
         scenario = data.scenario
-        metrics = IncrementalMetrics(scenario.n_tasks)
+        done = folder.completed_stages()
+        metrics = _metrics_from_rows(done, scenario.n_tasks)
+        if done:
+            last = len(done) - 1
+            learner.load_trainable_state(folder.load_checkpoint(last), task_context(config, data, last, device))
+            logger.info("resuming %s after task %d", folder.path, last)
         task_of_label = scenario.task_of_label(np.arange(scenario.n_classes))
         logger.info("run %s: %s on %s, %d tasks %s", folder.path.name, learner.name, config.data.dataset,
                     scenario.n_tasks, list(scenario.task_sizes))
-        stages = tqdm(range(scenario.n_tasks), desc=f"{learner.name} tasks", unit="task", disable=not progress)
+        stages = tqdm(range(len(done), scenario.n_tasks), desc=f"{learner.name} tasks", unit="task",
+                      disable=not progress, initial=len(done), total=scenario.n_tasks)
         for task in stages:
             ctx = task_context(config, data, task, device)
             train_rows = np.flatnonzero(np.isin(data.train_labels, list(ctx.new_classes)))
@@ -124,18 +149,28 @@ def run_experiment(config: Config, data: PreparedData | None = None, progress: b
             stats = learner.learn_task(ctx, load_rows(data.train, train_rows, data.train_labels, device))
             train_seconds = time.perf_counter() - start
             test_rows = np.flatnonzero(data.test_labels < ctx.n_seen)
-            preds, targets = predict(learner, data.test, test_rows, data.test_labels, ctx.n_seen, device)
+            preds, targets = predict(learner, data.test, test_rows, data.test_labels, ctx.n_seen, device,
+                                     config.train.eval_batch_size)
             result = evaluate_stage(task, preds, targets, task_of_label)
             metrics.add(result)
-            folder.log_stage(result, {"n_seen": ctx.n_seen, "train_seconds": round(train_seconds, 3), **stats})
-            folder.write_accuracy_matrix(metrics.accuracy_matrix)
+            # checkpoint first: a stage counts as finished only when both its state and its row exist
             if config.run.save_checkpoints:
                 folder.save_checkpoint(task, learner.trainable_state())
+            folder.log_stage(result, {"n_seen": ctx.n_seen, "train_seconds": round(train_seconds, 3), **stats})
+            folder.write_accuracy_matrix(metrics.accuracy_matrix)
             stages.set_postfix(acc=f"{result.accuracy:.1f}")
         summary = folder.finish(metrics, {"method": learner.name, "dataset": config.data.dataset,
                                           "backbone": config.backbone.name,
-                                          "task_sizes": list(scenario.task_sizes)}, plots=config.run.plots)
+                                          "task_sizes": list(scenario.task_sizes),
+                                          "descriptions": data.descriptions}, plots=config.run.plots)
     return RunResult(folder.path, summary, metrics)
+
+
+def _metrics_from_rows(rows: list[dict], n_tasks: int | None) -> IncrementalMetrics:
+    metrics = IncrementalMetrics(n_tasks if n_tasks is not None else len(rows))
+    for row in rows:
+        metrics.add(stage_from_row(row))
+    return metrics
 
 
 def evaluate_run(folder: Path, progress: bool = True) -> IncrementalMetrics:
@@ -155,6 +190,7 @@ def evaluate_run(folder: Path, progress: bool = True) -> IncrementalMetrics:
         ctx = task_context(config, data, task, device)
         learner.load_trainable_state(run.load_checkpoint(task), ctx)
         test_rows = np.flatnonzero(data.test_labels < ctx.n_seen)
-        preds, targets = predict(learner, data.test, test_rows, data.test_labels, ctx.n_seen, device)
+        preds, targets = predict(learner, data.test, test_rows, data.test_labels, ctx.n_seen, device,
+                                     config.train.eval_batch_size)
         metrics.add(evaluate_stage(task, preds, targets, task_of_label))
     return metrics

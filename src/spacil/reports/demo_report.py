@@ -1,0 +1,107 @@
+"""The demo's report folder: a markdown and an HTML page over the comparison table and its pictures."""
+
+from __future__ import annotations
+
+import html
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..experiments.compare import ComparisonRow, comparison_markdown, variant_config
+from ..methods import make_learner
+from ..runs.plots import plot_accuracy_matrix
+from ..runs.run_folder import RunFolder, write_text_atomic
+from ..training.harness import PreparedData, load_rows, task_context
+
+logger = logging.getLogger(__name__)
+
+
+def _heatmaps(output: Path, rows: Sequence[ComparisonRow]) -> list[tuple[str, str]]:
+    """One accuracy-matrix heatmap per variant (first seed), as (variant, relative path)."""
+    out = []
+    for row in rows:
+        folder = output / "runs" / f"{row.variant}-seed{row.seeds[0]}"
+        matrix_csv = folder / "accuracy_matrix.csv"
+        if not matrix_csv.is_file():
+            continue
+        lines = matrix_csv.read_text().strip().splitlines()[1:]
+        matrix = np.array([[float(v) if v else np.nan for v in line.split(",")[1:]] for line in lines])
+        path = output / "plots" / f"accuracy_matrix_{row.variant}.png"
+        plot_accuracy_matrix(path, matrix, f"{row.variant}: R[t, j]")
+        out.append((row.variant, str(path.relative_to(output))))
+    return out
+
+
+def _alignment_picture(output: Path, base: Config, data: PreparedData, seed: int, n_images: int = 6) -> str | None:
+    """OT alignment of a few test images under the final SPA model (loaded from its last checkpoint)."""
+    from ..data.datasets import load_split
+    from .alignment import alignment_for, plot_alignment
+
+    run = RunFolder(output / "runs" / f"spa-seed{seed}")
+    last = data.scenario.n_tasks - 1
+    if not run.checkpoint_path(last).is_file():
+        return None
+    cfg = variant_config(base.model_dump(mode="json"), "spa", seed, output / "runs")
+    learner = make_learner(cfg)
+    device = torch.device("cpu")
+    ctx = task_context(cfg, data, last, device)
+    learner.load_trainable_state(run.load_checkpoint(last), ctx)
+    # one image from each of the first few classes of the last groups (classes that differ by parts)
+    rows = []
+    for label in np.linspace(0, data.scenario.n_classes - 1, n_images).astype(int):
+        rows.append(int(np.flatnonzero(data.test_labels == label)[0]))
+    batch = load_rows(data.test, np.array(rows), data.test_labels, device)
+    order = np.sort(np.array(rows))  # load_rows sorts rows
+    predicted = learner.logits(batch, data.scenario.n_classes).argmax(-1).tolist()
+    matches = alignment_for(learner, batch.patches, batch.labels.tolist(), data.scenario.n_classes)
+    source = load_split(cfg.data.dataset, "test", cfg.data.root)
+    index_of = {sid: i for i, sid in enumerate(source.sample_id(i) for i in range(len(source)))}
+    images = [source.load(index_of[data.test.sample_ids[r]]) for r in order]
+    path = output / "plots" / "alignment.png"
+    plot_alignment(path, images, matches, data.scenario.class_names, predicted, data.backbone.grid_size)
+    return str(path.relative_to(output))
+
+
+def write_demo_report(output: Path, base: Config, data: PreparedData, rows: Sequence[ComparisonRow]) -> Path:
+    """``report.md`` and ``report.html`` in ``output``; returns the markdown path."""
+    (output / "plots").mkdir(exist_ok=True)
+    heatmaps = _heatmaps(output, rows)
+    alignment = None
+    if any(r.variant == "spa" for r in rows):
+        try:
+            alignment = _alignment_picture(output, base, data, rows[0].seeds[0])
+        except Exception as exc:  # noqa: BLE001 - a picture must never cost the report
+            logger.warning("alignment picture not written: %s", exc)
+    sc = data.scenario
+    setup = (f"Parts world: {sc.n_classes} classes in {sc.n_tasks} tasks {list(sc.task_sizes)}; "
+             f"{len(data.train)} training and {len(data.test)} test images (64x64); backbone `{base.backbone.name}`; "
+             f"seeds {', '.join(map(str, rows[0].seeds))}. Descriptions: {data.descriptions['source'] if data.descriptions else '-'}.")
+    table = comparison_markdown(rows)
+    md = ["# spacil demo: SPA on parts world", "", setup, "", "## Results", "", table,
+          "Average accuracy Ā is the mean over stages of top-1 on all seen classes; A_B is the last stage.", "",
+          "![accuracy per stage](accuracy_per_stage.png)", ""]
+    if alignment:
+        md += ["## Patch-level alignment (SPA, after the last task)", "", f"![alignment]({alignment})", ""]
+    md += ["## Accuracy matrices", ""] + [f"![{v}]({p})" for v, p in heatmaps]
+    md += ["", "Files: `comparison.csv`, `comparison.json`, one run folder per method under `runs/`."]
+    write_text_atomic(output / "report.md", "\n".join(md) + "\n")
+
+    rows_html = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
+        for line in table.strip().splitlines()[2:])
+    head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in table.splitlines()[0].strip("|").split("|"))
+    images = [("Accuracy per stage", "accuracy_per_stage.png")]
+    if alignment:
+        images.append(("Patch-level alignment (SPA, after the last task)", alignment))
+    images += [(f"Accuracy matrix: {v}", p) for v, p in heatmaps]
+    body = "".join(f"<h2>{html.escape(t)}</h2><img src='{html.escape(p)}' style='max-width:100%'>" for t, p in images)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>spacil demo</title>"
+            f"<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:4px 10px;"
+            f"border-bottom:1px solid #ddd}}</style></head><body><h1>spacil demo: SPA on parts world</h1>"
+            f"<p>{html.escape(setup)}</p><table><tr>{head}</tr>{rows_html}</table>{body}</body></html>")
+    write_text_atomic(output / "report.html", page)
+    return output / "report.md"

@@ -1,0 +1,59 @@
+"""Which description phrases each class of a run uses, and where they came from.
+
+Resolution for ``descriptions.source=auto``: ``<data.root>/descriptions.json`` when the dataset folder
+ships one (parts world does), else the description file shipped in the package for the dataset, else
+prompt templates. Classes a file does not cover fall back to the templates, with one warning naming them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..config import Config
+from ..descriptions import DescriptionSet, fallback_phrases, load_description_file, shipped_dataset_keys, load_shipped
+from .class_texts import readable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassPhrases:
+    phrases: list[list[str]]  # per class, in the order of the class names given
+    source: str  # human-readable origin (file path, "shipped:<key>", "templates")
+    fallback_classes: list[str]
+
+
+def _find_description_set(config: Config) -> tuple[DescriptionSet | None, str]:
+    d = config.descriptions
+    if d.source == "templates":
+        return None, "templates"
+    if d.source == "file":
+        return load_description_file(Path(d.path).expanduser()), str(d.path)
+    root = config.data.root
+    if root is not None and (Path(root).expanduser() / "descriptions.json").is_file():
+        path = Path(root).expanduser() / "descriptions.json"
+        return load_description_file(path), str(path)
+    if config.data.dataset in shipped_dataset_keys():
+        return load_shipped(config.data.dataset), f"shipped:{config.data.dataset}"
+    logger.warning("no description file for dataset %s: every class uses prompt templates", config.data.dataset)
+    return None, "templates"
+
+
+def resolve_class_phrases(config: Config, class_names: Sequence[str]) -> ClassPhrases:
+    """Phrases for ``class_names`` following ``config.descriptions``."""
+    found, source = _find_description_set(config)
+    templates = config.text.templates
+    phrases, missing = [], []
+    for name in class_names:
+        own = found.phrases_for(name) if found is not None else None
+        if not own:
+            missing.append(name)
+        phrases.append(list(own) if own else None)
+    if missing:
+        filled = fallback_phrases([readable(n) for n in missing], templates)
+        by_name = dict(zip(missing, filled.values()))
+        phrases = [p if p is not None else by_name[n] for n, p in zip(class_names, phrases)]
+    return ClassPhrases(phrases, source, missing)
