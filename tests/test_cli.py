@@ -50,3 +50,10 @@ def test_train_then_eval(image_folder, tmp_path):
     assert "stage 1: accuracy" in result.output
     extract = runner.invoke(app, ["extract", *common, "--no-progress"])
     assert extract.exit_code == 0 and "images encoded in this call: 0" in extract.output
+
+
+def test_data_check_reports_problems_on_one_screen(image_folder):
+    result = runner.invoke(app, ["data", "check", str(image_folder), "--dataset", "food101", "--no-progress"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert 1 < len(lines) <= 25 and "PROBLEM" in lines[0]

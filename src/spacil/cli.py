@@ -83,10 +83,15 @@ def eval_(run_dir: Path = typer.Argument(..., help="A run folder written by `spa
 def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = SetOption,
             split: str = typer.Option("both", help="train, test or both."),
             progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
-    """Encode a dataset once with the frozen backbone and store the features in the cache."""
+    """Encode a dataset once with the frozen backbone and store the features in the cache.
+
+    Under `torchrun --nproc_per_node=N` the images are sharded across processes (one per GPU) and merged
+    into the same cache entry a single process writes.
+    """
     from .backbone import load_backbone
     from .data.datasets import load_split
-    from .features import FeatureCache, get_features
+    from .features import FeatureCache
+    from .features.distributed import get_features_distributed
 
     try:
         cfg = load_config(config, set_ or [])
@@ -96,8 +101,8 @@ def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
         cache = FeatureCache(cfg.cache.root, verify=cfg.cache.verify)
         for name in (["train", "test"] if split == "both" else [split]):
             source = load_split(cfg.data.dataset, name, cfg.data.root, cfg.data.download)
-            feats = get_features(source, backbone, cache, cfg.backbone.batch_size, cfg.backbone.num_workers,
-                                 cfg.data.bad_images, progress)
+            feats = get_features_distributed(source, backbone, cache, cfg.backbone.batch_size,
+                                             cfg.backbone.num_workers, cfg.data.bad_images, progress)
             typer.echo(f"{cfg.data.dataset}/{name}: {len(feats)} images, {len(feats.skipped)} skipped, "
                        f"global {tuple(feats.global_.shape)}, patches {tuple(feats.patches.shape)} -> {feats.location}")
         typer.echo(f"images encoded in this call: {backbone.images_encoded}")
@@ -149,6 +154,27 @@ def demo(output: Path = typer.Option(Path("spacil-demo"), help="Report folder (d
         _fail(exc)
     typer.echo(comparison_markdown(rows))
     typer.echo(f"report: {report} (and {report.with_suffix('.html')})")
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Dataset tools.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(path: Path = typer.Argument(..., help="Dataset folder (root/train/<class>/..., root/test/...)."),
+               dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset key (see `spa-cil info`)."),
+               quick: bool = typer.Option(False, help="Skip opening every image."),
+               workers: int = typer.Option(4, min=1, help="Threads that open images."),
+               progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+    """Validate a dataset folder: classes, images per split, unreadable files; one screen of findings."""
+    from .data.check import check_dataset
+
+    try:
+        report = check_dataset(dataset, path, verify_images=not quick, workers=workers, progress=progress)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(report.render())
+    raise typer.Exit(code=0 if report.ok else 1)
 
 
 @app.command()

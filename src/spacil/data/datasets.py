@@ -179,8 +179,10 @@ def load_split(dataset: str, split: str, root: Path | str | None = None, downloa
     """Load one split of a registered dataset."""
     if split not in {"train", "test"}:
         raise DatasetError(f"unknown split {split!r}; expected 'train' or 'test'")
-    if dataset == "cifar100":
-        return load_cifar100(default_root(dataset, root), split, download)
+    from .protocol import PROTOCOL_DATASETS, load_protocol_split  # protocol.py imports this module
+
+    if dataset in PROTOCOL_DATASETS:
+        return load_protocol_split(dataset, split, root, download)
     if dataset in IMAGE_FOLDER_DATASETS:
         base = default_root(dataset, root)
         if not base.is_dir():
@@ -189,10 +191,12 @@ def load_split(dataset: str, split: str, root: Path | str | None = None, downloa
     raise DatasetError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(list_datasets()))}")
 
 
-#: Datasets read from an image-folder layout. The protocol datasets are added by their own loaders.
+#: Datasets read from a generic image-folder layout (the protocol datasets live in :mod:`.protocol`).
 IMAGE_FOLDER_DATASETS = {"image_folder": "generic root/{train,test}/<class>/<images> folder"}
 
 
 def list_datasets() -> dict[str, str]:
     """Dataset keys and a one-line description each."""
-    return {"cifar100": "CIFAR-100 via torchvision (100 classes)", **IMAGE_FOLDER_DATASETS}
+    from .protocol import protocol_datasets
+
+    return {**protocol_datasets(), **IMAGE_FOLDER_DATASETS}

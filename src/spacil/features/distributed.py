@@ -1,0 +1,375 @@
+"""Feature extraction spread over several processes (``torchrun --nproc_per_node=N``), one cache entry out.
+
+Each rank encodes a contiguous run of *whole batches* of the dataset (batch ``b`` holds indices
+``b*B .. b*B+B-1``, exactly as in a single-process run), so every image goes through the encoder in the
+same batch as it would alone; on the same hardware and thread settings the merged arrays are therefore
+bit-identical to :func:`spacil.features.extract.get_features`. Ranks write their shard to
+``<cache entry>.partial-shards/rank_XX/`` (a folder renamed into place only when complete, so a shard that
+exists is whole and a restarted job reuses it), rank 0 merges the shards through the ordinary
+:class:`~spacil.features.cache.CacheWriter` (same key, same manifest as a single-process run) and the other
+ranks then load the published entry.
+
+Coordination goes through a gloo process group even when NCCL is the main backend: the only collectives
+are small Python objects and barriers, and rank 0's merge can outlast NCCL's watchdog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..backbone import FrozenCLIP
+from ..data.datasets import DatasetError, ImageSource
+from .cache import CacheError, FeatureCache, FeatureSet, cache_key, write_json_atomic
+from .extract import feature_key_parts, get_features, iterate_features
+
+logger = logging.getLogger(__name__)
+
+SHARD_FILES = ("global.npy", "patches.npy", "labels.npy", "indices.npy")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in a torchrun job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def dist_env() -> DistEnv | None:
+    """The torchrun environment, or ``None`` when not launched by torchrun (or with a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None
+    return DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
+
+
+_GROUP: dict[str, object] = {}
+
+
+def init_distributed(timeout_s: float = 7200.0) -> object:
+    """Initialise the default process group (NCCL with CUDA, else gloo) and return a gloo group for sync."""
+    if "gloo" in _GROUP:
+        return _GROUP["gloo"]
+    env = dist_env()
+    assert env is not None, "init_distributed needs WORLD_SIZE > 1 (launch with torchrun)"
+    timeout = timedelta(seconds=timeout_s)
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(env.local_rank)
+        dist.init_process_group(backend=backend, timeout=timeout)
+        _GROUP["owned"] = True
+        logger.info("rank %d/%d: process group initialised (%s)", env.rank, env.world_size, backend)
+    _GROUP["gloo"] = dist.new_group(backend="gloo", timeout=timeout) if dist.get_backend() != "gloo" else dist.group.WORLD
+    return _GROUP["gloo"]
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group if this module created it."""
+    if _GROUP.pop("owned", False) and dist.is_initialized():
+        dist.destroy_process_group()
+    _GROUP.clear()
+
+
+def shard_range(n: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[start, stop)`` of rank's indices: a contiguous run of whole batches (ranks differ by <= 1 batch)."""
+    if batch_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"shard_range: batch_size {batch_size}, rank {rank}, world_size {world_size}")
+    n_batches = -(-n // batch_size)
+    base, extra = divmod(n_batches, world_size)
+    first = rank * base + min(rank, extra)
+    last = first + base + (1 if rank < extra else 0)
+    return min(first * batch_size, n), min(last * batch_size, n)
+
+
+def _listing_digest(source: ImageSource) -> str:
+    """Cheap identity of a source (ids, labels, classes) to catch ranks that see different datasets."""
+    digest = hashlib.sha256()
+    digest.update("\n".join(source.class_names).encode())
+    digest.update(np.asarray(source.labels, dtype=np.int64).tobytes())
+    for i in range(len(source)):
+        digest.update(source.sample_id(i).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def shards_dir(cache: FeatureCache, dataset: str, split: str, key: str) -> Path:
+    entry = cache.entry_dir(dataset, split, key)
+    return entry.with_name(entry.name + ".partial-shards")
+
+
+def _shard_meta(key: str, env: DistEnv, start: int, stop: int, batch_size: int) -> dict:
+    return {"key": key, "rank": env.rank, "world_size": env.world_size, "start": start, "stop": stop,
+            "batch_size": batch_size}
+
+
+def _existing_shard(folder: Path, meta: dict) -> dict | None:
+    """The meta of a complete shard left by an earlier run of the same job, else ``None``."""
+    try:
+        found = json.loads((folder / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if {k: found.get(k) for k in meta} != meta or not all((folder / f).is_file() for f in SHARD_FILES):
+        return None
+    return found
+
+
+def _encode_shard(source: ImageSource, backbone: FrozenCLIP, folder: Path, meta: dict, batch_size: int,
+                  num_workers: int, progress: bool) -> dict:
+    """Encode indices ``[start, stop)`` into ``folder`` (written under a temporary name, then renamed)."""
+    start, stop = meta["start"], meta["stop"]
+    m = stop - start
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    open_mm = np.lib.format.open_memmap
+    g = open_mm(tmp / "global.npy", mode="w+", dtype=np.float16, shape=(m, backbone.embed_dim))
+    p = open_mm(tmp / "patches.npy", mode="w+", dtype=np.float16, shape=(m, backbone.num_patches, backbone.embed_dim))
+    lab = open_mm(tmp / "labels.npy", mode="w+", dtype=np.int64, shape=(m,))
+    filled = np.zeros(m, dtype=bool)
+    failures: list[list] = []
+    for idx, gb, pb, bad in iterate_features(source, backbone, np.arange(start, stop), batch_size, num_workers,
+                                             progress, desc=f"{source.dataset}/{source.split} rank {meta['rank']}"):
+        failures.extend([int(i), reason] for i, reason in bad)
+        if gb is not None:
+            rows = idx - start
+            g[rows] = gb.astype(np.float16)
+            p[rows] = pb.astype(np.float16)
+            lab[rows] = source.labels[idx]
+            filled[rows] = True
+    keep = np.flatnonzero(filled)
+    # Compact to the rows of readable images (rare), keeping dataset order.
+    arrays = {"global.npy": g, "patches.npy": p, "labels.npy": lab}
+    for name, arr in arrays.items():
+        arr.flush()
+        if len(keep) < m:
+            dst = open_mm(tmp / f"compact-{name}", mode="w+", dtype=arr.dtype, shape=(len(keep), *arr.shape[1:]))
+            for lo in range(0, len(keep), 1024):  # in chunks: a shard can be larger than memory
+                dst[lo:lo + 1024] = arr[keep[lo:lo + 1024]]
+            dst.flush()
+            del dst
+            os.replace(tmp / f"compact-{name}", tmp / name)
+    del g, p, lab, arrays
+    np.save(tmp / "indices.npy", (keep + start).astype(np.int64))
+    done = {**meta, "n": int(len(keep)), "failures": failures}
+    write_json_atomic(tmp / "meta.json", done)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return done
+
+
+def _merge_shards(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache, key: str, parts: dict,
+                  folder: Path, metas: list[dict], bad_images: str) -> None:
+    """Rank 0: write the single-process cache entry from the shards (or raise under bad_images=error)."""
+    failures = [(int(i), reason) for meta in metas for i, reason in meta["failures"]]
+    if failures:
+        names = [f"{source.sample_id(i)} ({reason})" for i, reason in failures]
+        if bad_images == "error":
+            raise DatasetError(f"{len(failures)} unreadable images in {source.dataset}/{source.split}: "
+                               + "; ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+                               + " (set data.bad_images=skip to leave them out)")
+        for name in names:
+            logger.warning("skipped unreadable image %s", name)
+    writer = cache.writer(source.dataset, source.split, key, parts, len(source), backbone.num_patches,
+                          backbone.embed_dim, source.class_names)
+    try:
+        kept: list[np.ndarray] = []
+        for meta in metas:
+            shard = folder / f"rank_{meta['rank']:02d}"
+            indices = np.load(shard / "indices.npy")
+            g = np.load(shard / "global.npy", mmap_mode="r")
+            p = np.load(shard / "patches.npy", mmap_mode="r")
+            lab = np.load(shard / "labels.npy", mmap_mode="r")
+            for lo in range(0, len(indices), 1024):
+                sl = slice(lo, lo + 1024)
+                writer.write(indices[sl], np.asarray(g[sl]), np.asarray(p[sl]), np.asarray(lab[sl]))
+            kept.append(indices)
+        order = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+        if not np.array_equal(order, np.flatnonzero(writer.filled)):
+            raise RuntimeError("distributed extraction: shards overlap or leave gaps")
+        writer.commit([source.sample_id(int(i)) for i in order], [source.sample_id(i) for i, _ in failures])
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _broadcast(obj: object, group: object) -> object:
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+def _gather(obj: object, group: object, world_size: int) -> list:
+    out: list = [None] * world_size
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def get_features_distributed(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache, batch_size: int = 128,
+                             num_workers: int = 2, bad_images: str = "skip", progress: bool = True,
+                             timeout_s: float = 7200.0) -> FeatureSet:
+    """Cached features of ``source``, encoded by all ranks of a torchrun job (or by this process alone).
+
+    Every rank must call this with the same source, backbone and cache root (a shared file system).
+    Falls back to :func:`~spacil.features.extract.get_features` when WORLD_SIZE is unset or 1. The
+    process group is created on first use and kept for later calls; :func:`shutdown_distributed` ends it.
+    """
+    env = dist_env()
+    if env is None:
+        return get_features(source, backbone, cache, batch_size, num_workers, bad_images, progress)
+    if bad_images not in {"skip", "error"}:
+        raise ValueError("bad_images must be 'skip' or 'error'")
+    group = init_distributed(timeout_s)
+    # Only rank 0 hashes the image bytes; every rank checks it sees the same listing and weights.
+    keyed: dict = {}
+    if env.rank == 0:
+        try:
+            keyed = {"parts": feature_key_parts(source, backbone)}
+        except Exception as exc:  # noqa: BLE001 - the other ranks are waiting for the key
+            keyed = {"error": f"rank 0: {exc.__class__.__name__}: {exc}"}
+    keyed = _broadcast(keyed, group)
+    if "error" in keyed:
+        raise RuntimeError(f"distributed extraction: cannot compute the cache key ({keyed['error']})")
+    parts = keyed["parts"]
+    mine = (_listing_digest(source), backbone.fingerprint(), json.dumps(backbone.transform_description(), sort_keys=True))
+    views = _gather(mine, group, env.world_size)
+    if any(v != views[0] for v in views) or parts["weights_sha256"] != mine[1]:
+        raise RuntimeError(f"rank {env.rank}: ranks see different datasets or backbones; "
+                           "every rank must load the same files and weights")
+    key = cache_key(parts)
+    dataset, split = source.dataset, source.split
+
+    status: dict = {}
+    if env.rank == 0:
+        try:
+            status = {"state": "hit" if cache.load(dataset, split, key) is not None else "miss"}
+        except CacheError as exc:
+            status = {"state": "error", "message": str(exc)}
+    status = _broadcast(status, group)
+    if status["state"] == "error":
+        raise CacheError(status["message"])
+    if status["state"] == "hit":
+        found = cache.load(dataset, split, key)
+        assert found is not None
+        logger.info("reusing cached features %s", found.location)
+        return found
+
+    folder = shards_dir(cache, dataset, split, key)
+    start, stop = shard_range(len(source), batch_size, env.rank, env.world_size)
+    meta = _shard_meta(key, env, start, stop, batch_size)
+    shard = folder / f"rank_{env.rank:02d}"
+    try:
+        done = _existing_shard(shard, meta)
+        if done is not None:
+            logger.info("rank %d: reusing complete shard %s", env.rank, shard)
+        else:
+            done = _encode_shard(source, backbone, shard, meta, batch_size, num_workers,
+                                 progress and env.rank == 0)
+        mine_status = {"ok": True, "meta": done}
+    except Exception as exc:  # noqa: BLE001 - every rank must learn that one failed, or the others hang
+        logger.exception("rank %d: shard extraction failed", env.rank)
+        mine_status = {"ok": False, "message": f"rank {env.rank}: {exc.__class__.__name__}: {exc}"}
+    gathered = _gather(mine_status, group, env.world_size)
+    failed = [g["message"] for g in gathered if not g["ok"]]
+    if failed:
+        raise RuntimeError("distributed extraction failed: " + "; ".join(failed))
+
+    result: dict = {"ok": True}
+    if env.rank == 0:
+        try:
+            _merge_shards(source, backbone, cache, key, parts, folder, [g["meta"] for g in gathered], bad_images)
+            shutil.rmtree(folder, ignore_errors=True)
+        except DatasetError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            result = {"ok": False, "kind": "dataset", "message": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - tell the other ranks before raising
+            result = {"ok": False, "kind": "other", "message": f"{exc.__class__.__name__}: {exc}"}
+    result = _broadcast(result, group)
+    if not result["ok"]:
+        raise (DatasetError if result["kind"] == "dataset" else RuntimeError)(result["message"])
+    loaded = cache.load(dataset, split, key)
+    if loaded is None:
+        raise CacheError(f"rank {env.rank}: merged cache entry {cache.entry_dir(dataset, split, key)} is not visible; "
+                         "all ranks need the same cache root on a shared file system")
+    logger.info("rank %d: %d features of %s/%s in %s", env.rank, len(loaded), dataset, split, loaded.location)
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def _load_source(dataset: str, split: str, root: str | None) -> ImageSource:
+    from ..data.datasets import load_split
+    from ..data.protocol import PROTOCOL_DATASETS, load_protocol_split
+
+    if dataset in PROTOCOL_DATASETS:
+        return load_protocol_split(dataset, split, root)
+    return load_split(dataset, split, root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m spacil.features.distributed`` (under torchrun, or alone as a single process)."""
+    from ..backbone import load_backbone
+
+    parser = argparse.ArgumentParser(prog="python -m spacil.features.distributed",
+                                     description="Encode a dataset split into the feature cache, split over "
+                                                 "torchrun processes (torchrun --nproc_per_node=N -m ...).")
+    parser.add_argument("--dataset", required=True, help="dataset key (image_folder, cub200, food101, ...)")
+    parser.add_argument("--root", default=None, help="dataset folder (default $SPACIL_DATA_ROOT/<dataset>)")
+    parser.add_argument("--split", default="both", choices=["train", "test", "both"])
+    parser.add_argument("--cache-root", required=True, help="feature cache root, shared by all ranks")
+    parser.add_argument("--backbone", default="laion400m/ViT-B-16")
+    parser.add_argument("--checkpoint", default=None, help="local weights file for the backbone")
+    parser.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when CUDA is present), cpu, cuda:N")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--num-workers", type=int, default=4)
+    parser.add_argument("--bad-images", default="skip", choices=["skip", "error"])
+    parser.add_argument("--verify", default="fast", choices=["fast", "full"])
+    parser.add_argument("--timeout-s", type=float, default=7200.0, help="longest wait at a synchronisation point")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    env = dist_env()
+    rank = env.rank if env else 0
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # open_clip logs its model-building chatter on the root logger; keep only its warnings and errors.
+    logging.getLogger().handlers[0].addFilter(lambda r: r.name != "root" or r.levelno >= logging.WARNING)
+    device = args.device
+    if device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{env.local_rank if env else 0}"
+    try:
+        backbone = load_backbone(args.backbone, args.checkpoint, device, args.precision)
+        cache = FeatureCache(args.cache_root, verify=args.verify)
+        for split in (["train", "test"] if args.split == "both" else [args.split]):
+            source = _load_source(args.dataset, split, args.root)
+            feats = get_features_distributed(source, backbone, cache, args.batch_size, args.num_workers,
+                                             args.bad_images, not args.no_progress, args.timeout_s)
+            if rank == 0:
+                print(f"{args.dataset}/{split}: {len(feats)} images, {len(feats.skipped)} skipped -> {feats.location}")
+        print(f"rank {rank}/{env.world_size if env else 1}: encoded {backbone.images_encoded} images")
+    except (DatasetError, CacheError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error (rank {rank}): {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}",
+              file=sys.stderr)
+        return 2
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
