@@ -15,9 +15,23 @@ import json
 import logging
 from pathlib import Path
 
+import torch
+
 from spacil.partsworld.pretrain import PretrainSettings, pretrain
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "spacil" / "assets"
+
+
+def tensors_sha256(path: Path) -> str:
+    """sha256 over the tensors in name order: what a rerun reproduces bit for bit (the file's header
+    layout may differ between writes, so the file's own sha256 identifies the shipped file only)."""
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(str(path)).items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def main() -> None:
@@ -30,6 +44,7 @@ def main() -> None:
     settings = PretrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainSettings)})
     report = pretrain(settings, args.output)
     report["sha256"] = hashlib.sha256(args.output.read_bytes()).hexdigest()
+    report["tensors_sha256"] = tensors_sha256(args.output)
     report["command"] = "python scripts/pretrain_partsworld_clip.py " + " ".join(
         f"--{f.name.replace('_', '-')} {getattr(settings, f.name)}" for f in dataclasses.fields(PretrainSettings)
         if getattr(settings, f.name) != f.default)

@@ -69,3 +69,14 @@ def test_resolve_class_order_sources(tmp_path):
     t = tmp_path / "order.txt"
     t.write_text("2 0\n1\n")
     assert resolve_class_order(t, "x", 3) == [2, 0, 1]
+
+
+def test_published_peer_figures_are_data_with_a_source():
+    from importlib import resources
+
+    doc = json.loads((resources.files("spacil.data") / "published_results.json").read_text())
+    assert "DESIGN.md" in doc["source"]
+    table = {(r["dataset"], r["method"]): (r["average"], r["last"]) for r in doc["results"]}
+    assert table[("cifar100", "PROOF")] == (86.77, 79.11)
+    assert table[("cifar100", "SimpleCIL")] == (84.15, 76.63)
+    assert table[("imagenet_r", "BOFA")] == (85.42, 79.62)

@@ -136,7 +136,7 @@ class SelectionConfig(_Strict):
         description="Relevance of a patch to class c: 'description' = cosine to c's mean description embedding, "
         "'token_max' = max cosine over c's semantic tokens; 'random' (ablation) ignores relevance; 'all' keeps every patch.",
     )
-    k: int = Field(8, ge=1, description="Patches kept per (image, class); clipped to the number of patches.")
+    k: int = Field(16, ge=1, description="Patches kept per (image, class); clipped to the number of patches.")
 
 
 class OTConfig(_Strict):
@@ -177,6 +177,9 @@ class SPAConfig(_Strict):
 
     patch_branch: bool = Field(True, description="false = the CLS-only variant (global branch alone).")
     fusion_weight: float = Field(1.0, ge=0, description="Patch score weight in logit = scale * (global + w * patch).")
+    prototype_weight: float = Field(
+        1.0, ge=0, description="Weight of the visual-prototype term in the global score (cosine of the adapted image "
+        "to the adapted class mean of frozen features, as in PROOF); 0 = text prompts only.")
     logit_scale: float = Field(20.0, gt=0)
     semantic: SemanticTokenConfig = Field(default_factory=SemanticTokenConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)

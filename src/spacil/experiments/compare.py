@@ -21,7 +21,7 @@ import numpy as np
 from ..config import Config, apply_overrides, build_config, config_to_yaml
 from ..features.cache import write_json_atomic
 from ..runs.plots import plot_stage_curves
-from ..runs.run_folder import write_text_atomic
+from ..runs.run_folder import config_digest, write_text_atomic
 from ..training.harness import PreparedData, prepare_data, run_experiment
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class ComparisonRow:
     forgetting: list[float | None]
     stage_accuracies: list[list[float]]
     seconds: float
+    folders: list[str]
 
     def stat(self, values: Sequence[float | None]) -> tuple[float, float]:
         arr = np.array([v for v in values if v is not None], dtype=float)
@@ -60,9 +61,11 @@ class ComparisonRow:
 def variant_config(base: dict, variant: str, seed: int, output_dir: Path) -> Config:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    overrides = VARIANTS[variant] + [f"train.seed={seed}", f"run.output_dir={output_dir}",
-                                     f"run.name={variant}-seed{seed}"]
-    return build_config(apply_overrides(base, overrides))
+    overrides = VARIANTS[variant] + [f"train.seed={seed}", f"run.output_dir={output_dir}"]
+    config = build_config(apply_overrides(base, overrides))
+    # named by variant, seed and config hash: rerunning resumes, changing any setting starts a new folder
+    config.run.name = f"{variant}-seed{seed}-{config_digest(config)[:8]}"
+    return config
 
 
 def run_comparison(base: Config, variants: Sequence[str], seeds: Sequence[int], output_dir: Path,
@@ -76,14 +79,16 @@ def run_comparison(base: Config, variants: Sequence[str], seeds: Sequence[int], 
     data = data or prepare_data(variant_config(raw, "spa", seeds[0], output_dir), progress=progress)
     rows = []
     for variant in variants:
-        results = []
+        results, folders = [], []
         start = time.perf_counter()
         for seed in seeds:
             cfg = variant_config(raw, variant, seed, output_dir / "runs")
-            results.append(run_experiment(cfg, data=data, progress=progress).summary)
+            run = run_experiment(cfg, data=data, progress=progress)
+            results.append(run.summary)
+            folders.append(str(run.folder))
         rows.append(ComparisonRow(variant, list(seeds), [r["average_accuracy"] for r in results],
                                   [r["last_accuracy"] for r in results], [r["forgetting"] for r in results],
-                                  [r["stage_accuracies"] for r in results], time.perf_counter() - start))
+                                  [r["stage_accuracies"] for r in results], time.perf_counter() - start, folders))
         logger.info("%s: average %.2f last %.2f", variant, *[rows[-1].stat(rows[-1].average)[0],
                                                                 rows[-1].stat(rows[-1].last)[0]])
     write_comparison(rows, output_dir)

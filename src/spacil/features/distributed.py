@@ -33,7 +33,7 @@ import torch.distributed as dist
 from ..backbone import FrozenCLIP
 from ..data.datasets import DatasetError, ImageSource
 from .cache import CacheError, FeatureCache, FeatureSet, cache_key, write_json_atomic
-from .extract import feature_key_parts, get_features, iterate_features
+from .extract import feature_key_parts, get_features, iterate_features, report_unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -177,14 +177,7 @@ def _merge_shards(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache
                   folder: Path, metas: list[dict], bad_images: str) -> None:
     """Rank 0: write the single-process cache entry from the shards (or raise under bad_images=error)."""
     failures = [(int(i), reason) for meta in metas for i, reason in meta["failures"]]
-    if failures:
-        names = [f"{source.sample_id(i)} ({reason})" for i, reason in failures]
-        if bad_images == "error":
-            raise DatasetError(f"{len(failures)} unreadable images in {source.dataset}/{source.split}: "
-                               + "; ".join(names[:10]) + (" ..." if len(names) > 10 else "")
-                               + " (set data.bad_images=skip to leave them out)")
-        for name in names:
-            logger.warning("skipped unreadable image %s", name)
+    report_unreadable(source, failures, bad_images)
     writer = cache.writer(source.dataset, source.split, key, parts, len(source), backbone.num_patches,
                           backbone.embed_dim, source.class_names)
     try:

@@ -68,6 +68,19 @@ def iterate_features(source: ImageSource, backbone: FrozenCLIP, indices: np.ndar
         yield idx.numpy(), feats.global_.cpu().numpy(), feats.patches.cpu().numpy(), bad
 
 
+def report_unreadable(source: ImageSource, failures: list[tuple[int, str]], bad_images: str) -> None:
+    """Name every unreadable image: one error for ``bad_images=error``, else one warning per skipped file."""
+    if not failures:
+        return
+    names = [f"{source.sample_id(i)} ({reason})" for i, reason in failures]
+    if bad_images == "error":
+        raise DatasetError(f"{len(failures)} unreadable images in {source.dataset}/{source.split}: "
+                           + "; ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+                           + " (set data.bad_images=skip to leave them out)")
+    for name in names:
+        logger.warning("skipped unreadable image %s", name)
+
+
 def extract_to_cache(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache, key: str, key_parts: dict,
                      batch_size: int = 128, num_workers: int = 2, bad_images: str = "skip",
                      progress: bool = True) -> FeatureSet:
@@ -82,14 +95,7 @@ def extract_to_cache(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCa
             failures.extend(bad)
             if g is not None:
                 writer.write(idx, g, p, source.labels[idx])
-        if failures:
-            names = [f"{source.sample_id(i)} ({reason})" for i, reason in failures]
-            if bad_images == "error":
-                raise DatasetError(f"{len(failures)} unreadable images in {source.dataset}/{source.split}: "
-                                   + "; ".join(names[:10]) + (" ..." if len(names) > 10 else "")
-                                   + " (set data.bad_images=skip to leave them out)")
-            for name in names:
-                logger.warning("skipped unreadable image %s", name)
+        report_unreadable(source, failures, bad_images)
         kept = np.flatnonzero(writer.filled)
         folder = writer.commit([source.sample_id(int(i)) for i in kept],
                                [source.sample_id(i) for i, _ in failures])

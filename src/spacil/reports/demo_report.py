@@ -24,7 +24,7 @@ def _heatmaps(output: Path, rows: Sequence[ComparisonRow]) -> list[tuple[str, st
     """One accuracy-matrix heatmap per variant (first seed), as (variant, relative path)."""
     out = []
     for row in rows:
-        folder = output / "runs" / f"{row.variant}-seed{row.seeds[0]}"
+        folder = Path(row.folders[0])
         matrix_csv = folder / "accuracy_matrix.csv"
         if not matrix_csv.is_file():
             continue
@@ -36,12 +36,14 @@ def _heatmaps(output: Path, rows: Sequence[ComparisonRow]) -> list[tuple[str, st
     return out
 
 
-def _alignment_picture(output: Path, base: Config, data: PreparedData, seed: int, n_images: int = 6) -> str | None:
+def _alignment_picture(output: Path, base: Config, data: PreparedData, row: ComparisonRow,
+                       n_images: int = 6) -> str | None:
     """OT alignment of a few test images under the final SPA model (loaded from its last checkpoint)."""
     from ..data.datasets import load_split
     from .alignment import alignment_for, plot_alignment
 
-    run = RunFolder(output / "runs" / f"spa-seed{seed}")
+    seed = row.seeds[0]
+    run = RunFolder(Path(row.folders[0]))
     last = data.scenario.n_tasks - 1
     if not run.checkpoint_path(last).is_file():
         return None
@@ -71,9 +73,10 @@ def write_demo_report(output: Path, base: Config, data: PreparedData, rows: Sequ
     (output / "plots").mkdir(exist_ok=True)
     heatmaps = _heatmaps(output, rows)
     alignment = None
-    if any(r.variant == "spa" for r in rows):
+    spa_rows = [r for r in rows if r.variant == "spa"]
+    if spa_rows:
         try:
-            alignment = _alignment_picture(output, base, data, rows[0].seeds[0])
+            alignment = _alignment_picture(output, base, data, spa_rows[0])
         except Exception as exc:  # noqa: BLE001 - a picture must never cost the report
             logger.warning("alignment picture not written: %s", exc)
     sc = data.scenario

@@ -23,6 +23,7 @@ def plot_stage_curves(path: Path, curves: Mapping[str, Sequence[float]], title: 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for label, values in curves.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+    ax.set_xticks(range(1, max((len(v) for v in curves.values()), default=1) + 1))
     ax.set_xlabel("stage (tasks learned)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)

@@ -2,7 +2,8 @@
 
 Score of image b for class c (all features L2-normalised, projectors applied)::
 
-    global[b, c] = <g_b, t_c>                       g: adapted [CLS], t: adapted class prompt
+    global[b, c] = <g_b, t_c> + w_p <g_b, m_c>      g: adapted [CLS], t: adapted class prompt,
+                                                    m: adapted class mean of frozen [CLS] features
     patch[b, c]  = sum_mn  plan_mn * <p_bm, s_cn>   p: k patches of b selected for c, s: c's semantic tokens
     logit[b, c]  = scale * (global[b, c] + fusion_weight * patch[b, c])
 
@@ -41,6 +42,7 @@ class SPALearner(Learner):
         self.global_bank = GaussianBank(config.replay.shrinkage)
         self.patch_bank = GaussianBank(config.replay.shrinkage)
         self.prompts: Tensor | None = None
+        self.prototypes: dict[int, Tensor] = {}  # class mean of frozen normalised [CLS] features
         self.semantic: SemanticTokens | None = None
         self.device = torch.device("cpu")
         self.tasks_learned = 0
@@ -81,6 +83,9 @@ class SPALearner(Learner):
     def class_side(self, n_seen: int) -> dict[str, Tensor]:
         """Adapted text features of the seen classes (computed once per scoring call, not per chunk)."""
         out = {"prompts": self._text(self.prompts[:n_seen])}
+        if self.config.prototype_weight > 0:
+            protos = torch.stack([self.prototypes[c] for c in range(n_seen)]).to(self.prompts.device)
+            out["prototypes"] = self.visual(protos)
         if self.config.patch_branch:
             sem = self.semantic
             mask = sem.mask[:n_seen]
@@ -112,6 +117,8 @@ class SPALearner(Learner):
                 generator: torch.Generator | None = None) -> Tensor:
         g = self.visual(global_)
         score = g @ side["prompts"].T
+        if "prototypes" in side:
+            score = score + self.config.prototype_weight * (g @ side["prototypes"].T)
         if self.config.patch_branch and patches is not None:
             p = self.visual(patches.float())
             score = score + self.config.fusion_weight * self.patch_scores(p, side, generator)[0]
@@ -129,6 +136,7 @@ class SPALearner(Learner):
     def learn_task(self, ctx: TaskContext, train: FeatureBatch) -> dict:
         self._attach(ctx)
         self._add_projectors(ctx.seed)
+        self._add_prototypes(ctx, train)
         cfg, tc = self.config, self.train_config
         params = self.visual.trainable_parameters() + (self.text.trainable_parameters() if self.text else [])
         old = [c for c in range(ctx.new_classes.start) if c in self.global_bank.means]
@@ -182,6 +190,15 @@ class SPALearner(Learner):
         return float(last_loss)
 
     @torch.no_grad()
+    def _add_prototypes(self, ctx: TaskContext, train: FeatureBatch) -> None:
+        g = F.normalize(train.global_.float(), dim=-1)
+        for c in ctx.new_classes:
+            rows = train.labels == c
+            if not bool(rows.any()):
+                raise ValueError(f"task {ctx.task}: no training samples for class {c}")
+            self.prototypes[c] = F.normalize(g[rows].mean(0), dim=-1)
+
+    @torch.no_grad()
     def _remember_classes(self, ctx: TaskContext, train: FeatureBatch) -> None:
         """Store Gaussian statistics of the new classes (frozen, normalised features)."""
         if not self.config.replay.enabled:
@@ -209,6 +226,8 @@ class SPALearner(Learner):
         state = {f"visual.{k}": v.cpu() for k, v in self.visual.state_dict().items()} if self.visual else {}
         if self.text is not None:
             state.update({f"text.{k}": v.cpu() for k, v in self.text.state_dict().items()})
+        if self.prototypes:
+            state["prototypes"] = torch.stack([self.prototypes[c] for c in sorted(self.prototypes)]).cpu()
         state.update(self.global_bank.state("bank.global"))
         state.update(self.patch_bank.state("bank.patch"))
         return state
@@ -224,6 +243,7 @@ class SPALearner(Learner):
         for module in (self.visual, self.text):
             if module is not None:
                 module.requires_grad_(False).to(ctx.device)
+        self.prototypes = {c: v.to(ctx.device) for c, v in enumerate(state["prototypes"])} if "prototypes" in state else {}
         self.global_bank.load_state(state, "bank.global")
         self.patch_bank.load_state(state, "bank.patch")
         self.tasks_learned = ctx.task + 1
