@@ -79,7 +79,7 @@ def test_training_learns_well_above_chance_and_is_seed_deterministic():
         return FeatureBatch(glob, torch.zeros(len(labels), PATCHES, DIM).half(), labels)
 
     train, test = sample(1), sample(2)
-    cfg = _spa(patch_branch=False)
+    cfg = _spa(patch_branch=False, prototype_weight=0.0)  # no class means: only training can separate them
     tc = TrainConfig(epochs=30, lr=0.01, batch_size=32)
     before = SPALearner(cfg, TrainConfig(epochs=0))
     before.learn_task(_ctx(0, range(0, n_classes), n_classes, texts), train)
