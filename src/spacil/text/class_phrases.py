@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import Config
-from ..descriptions import DescriptionSet, fallback_phrases, load_description_file, shipped_dataset_keys, load_shipped
+from ..descriptions import DescriptionSet, fallback_phrases, load_description_file, load_shipped, shipped_dataset_keys
 from .class_texts import readable
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ def resolve_class_phrases(config: Config, class_names: Sequence[str]) -> ClassPh
             missing.append(name)
         phrases.append(list(own) if own else None)
     if missing:
-        filled = fallback_phrases([readable(n) for n in missing], templates)
-        by_name = dict(zip(missing, filled.values()))
-        phrases = [p if p is not None else by_name[n] for n, p in zip(class_names, phrases)]
+        filled = fallback_phrases([readable(n) for n in missing], templates)  # keyed by readable name
+        phrases = [p if p is not None else list(filled[readable(n)]) for n, p in zip(class_names, phrases)]
     return ClassPhrases(phrases, source, missing)
