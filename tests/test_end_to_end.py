@@ -91,3 +91,17 @@ def test_spa_end_to_end_with_a_description_file(image_folder, tmp_path, tiny_bac
     state = load_file(str(result.folder / "checkpoints" / "task_01.safetensors"))
     assert any(k.startswith("visual.adapters.1.") for k in state) and "bank.global.means" in state
     assert evaluate_run(result.folder, progress=False).stage_accuracies == pytest.approx(result.summary["stage_accuracies"])
+
+
+def test_tensorboard_logging_writes_stage_scalars(image_folder, tmp_path, tiny_backbone):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = load_config(None, [f"data.root={image_folder}", "data.init_cls=2", "data.increment=2",
+                             f"cache.root={tmp_path / 'cache'}", f"run.output_dir={tmp_path / 'runs'}",
+                             "method.name=simplecil", "backbone.num_workers=0", "run.tensorboard=true"])
+    result = run_experiment(cfg, data=prepare_data(cfg, backbone=tiny_backbone, progress=False), progress=False)
+    events = EventAccumulator(str(result.folder / "tensorboard"))
+    events.Reload()
+    stage = [e.value for e in events.Scalars("stage/accuracy")]
+    assert stage == pytest.approx(result.summary["stage_accuracies"])
+    assert events.Scalars("summary/average_accuracy")[0].value == pytest.approx(result.summary["average_accuracy"])

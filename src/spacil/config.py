@@ -217,6 +217,7 @@ class RunConfig(_Strict):
                              "so the same command finds the same folder.")
     resume: bool = Field(True, description="Continue an unfinished run of the same config from its last finished task.")
     save_checkpoints: bool = Field(True, description="Per-task trainable state (also what resuming needs).")
+    tensorboard: bool = Field(False, description="Also log stage accuracies to <run>/tensorboard (needs spacil[tracking]).")
     plots: bool = True
 
     @field_validator("name")

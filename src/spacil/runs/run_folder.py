@@ -58,15 +58,30 @@ def default_run_name(config: Config) -> str:
 class RunFolder:
     """Writes one run's results as they are produced."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, tensorboard: bool = False) -> None:
         self.path = Path(path)
+        self._tb = None
+        if tensorboard:
+            try:
+                import tensorboard  # noqa: F401  (checked up front: fail before any work, not at stage 0)
+            except ImportError:
+                raise ImportError("run.tensorboard=true needs tensorboard: pip install 'spacil[tracking]'") from None
+        self._tensorboard = tensorboard
+
+    def _writer(self):
+        """The TensorBoard writer, opened on first use so a finished run's folder is never touched."""
+        if self._tensorboard and self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.path / "tensorboard"))
+        return self._tb
 
     @classmethod
     def create(cls, config: Config, device: torch.device | None = None) -> "RunFolder":
         """A new run folder, or the unfinished one of the same config when ``run.resume`` is on."""
         name = config.run.name or default_run_name(config)
         path = Path(config.run.output_dir).expanduser() / name
-        folder = cls(path)
+        folder = cls(path, tensorboard=config.run.tensorboard)
         if (path / "config.yaml").exists() and (path / "metrics.jsonl").exists():
             if not config.run.resume:
                 raise FileExistsError(f"run folder {path} already holds results; choose another run.name "
@@ -124,6 +139,11 @@ class RunFolder:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if self._writer() is not None:
+            for key in ("accuracy", "old_accuracy", "new_accuracy"):
+                if row[key] is not None:
+                    self._tb.add_scalar(f"stage/{key}", row[key], result.stage)
+            self._tb.flush()
 
     def write_accuracy_matrix(self, matrix: np.ndarray) -> None:
         buf = io.StringIO()
@@ -150,6 +170,10 @@ class RunFolder:
     def finish(self, metrics: IncrementalMetrics, extra: dict | None = None, plots: bool = True) -> dict:
         summary = {**metrics.summary(), **(extra or {})}
         write_json_atomic(self.path / "summary.json", summary)
+        if self._writer() is not None:
+            self._tb.add_scalar("summary/average_accuracy", summary["average_accuracy"], 0)
+            self._tb.add_scalar("summary/last_accuracy", summary["last_accuracy"], 0)
+            self._tb.close()
         if plots:
             from .plots import plot_run
 
