@@ -50,6 +50,15 @@ def _check_args(cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iters: int) ->
         ) from err
 
 
+def _broadcast_problems(cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iters: int
+                        ) -> tuple[Tensor, Tensor, Tensor, torch.Size]:
+    """Validated inputs in the compute dtype, expanded to the common batch shape (call with autocast off)."""
+    batch = _check_args(cost, a, b, eps, n_iters)
+    m, n = cost.shape[-2:]
+    dtype = _compute_dtype(cost, a, b)
+    return cost.to(dtype).expand(*batch, m, n), a.to(dtype).expand(*batch, m), b.to(dtype).expand(*batch, n), batch
+
+
 def _safe_log(masses: Tensor, valid: Tensor) -> Tensor:
     """log of the valid masses, 0 elsewhere; log is never evaluated at 0 so backward stays finite."""
     return torch.log(torch.where(valid, masses, torch.ones_like(masses)))
@@ -78,13 +87,9 @@ def sinkhorn_log(cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iters: int) -
     (plan = 0) and every gradient finite. Autocast is disabled inside: small eps makes exp/logsumexp
     unusable in bf16/fp16.
     """
-    batch = _check_args(cost, a, b, eps, n_iters)
-    m, n = cost.shape[-2:]
-    dtype = _compute_dtype(cost, a, b)
     with torch.autocast(device_type=cost.device.type, enabled=False):
-        cost = cost.to(dtype).expand(*batch, m, n)
-        a = a.to(dtype).expand(*batch, m)
-        b = b.to(dtype).expand(*batch, n)
+        cost, a, b, _ = _broadcast_problems(cost, a, b, eps, n_iters)
+        dtype = cost.dtype
         valid_a = a > 0
         valid_b = b > 0
         valid = valid_a.unsqueeze(-1) & valid_b.unsqueeze(-2)
@@ -161,13 +166,9 @@ def sinkhorn_loop_reference(cost: Tensor, a: Tensor, b: Tensor, eps: float, n_it
     device on every problem and exists only to check the batched solver and to benchmark it against.
     Same arguments, dtype rules and return value as :func:`sinkhorn_log`.
     """
-    batch = _check_args(cost, a, b, eps, n_iters)
     m, n = cost.shape[-2:]
-    dtype = _compute_dtype(cost, a, b)
     with torch.autocast(device_type=cost.device.type, enabled=False):
-        cost = cost.to(dtype).expand(*batch, m, n)
-        a = a.to(dtype).expand(*batch, m)
-        b = b.to(dtype).expand(*batch, n)
+        cost, a, b, batch = _broadcast_problems(cost, a, b, eps, n_iters)
         plans = []
         for idx in itertools.product(*(range(size) for size in batch)):
             rows = torch.nonzero(a[idx] > 0).squeeze(1)
