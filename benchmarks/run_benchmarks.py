@@ -32,9 +32,10 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from spacil.backbone import load_backbone  # noqa: E402
-from spacil.config import SPAConfig, load_config  # noqa: E402
+from spacil.config import load_config  # noqa: E402
+from spacil.methods.spa import SPAConfig  # noqa: E402
 from spacil.ot import ot_score, sinkhorn_log, sinkhorn_loop_reference, uniform_masses  # noqa: E402
-from spacil.spa.learner import SPALearner  # noqa: E402
+from spacil.methods.spa.learner import SPALearner  # noqa: E402
 
 
 def timed(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
@@ -200,7 +201,7 @@ def bench_convergence(args) -> dict:
     """Default iterations vs 1000 on real-like features: the shipped parts-world CLIP on rendered images,
     patches selected by each class's descriptions and transported onto its phrase tokens, as SPA does."""
     from spacil.partsworld import class_descriptions, generate_split, make_class_specs
-    from spacil.spa.patch_selection import patch_relevance, select_top_k
+    from spacil.methods.spa.patch_selection import patch_relevance, select_top_k
     from spacil.text.semantic_tokens import build_semantic_tokens
 
     cfg = SPAConfig()

@@ -42,6 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = PretrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainSettings)})
+    torch.set_num_threads(settings.threads)  # the result depends on it (reduction order)
     report = pretrain(settings, args.output)
     report["sha256"] = hashlib.sha256(args.output.read_bytes()).hexdigest()
     report["tensors_sha256"] = tensors_sha256(args.output)

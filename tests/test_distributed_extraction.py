@@ -44,14 +44,14 @@ def test_without_torchrun_it_is_get_features(image_folder, tmp_path, tiny_backbo
 
 def test_shards_merge_in_process_and_complete_shards_are_reused(image_folder, tmp_path, tiny_backbone):
     from spacil.features import distributed as d
-    from spacil.features.cache import cache_key
+    from spacil.features.cache import feature_key
     from spacil.features.extract import feature_key_parts
 
     (image_folder / "train" / "class_00" / "img_004.png").write_bytes(b"broken")  # index 4, in shard 0
     source = ImageFolderSource(image_folder, "train")
     cache = FeatureCache(tmp_path / "c")
     parts = feature_key_parts(source, tiny_backbone)
-    key = cache_key(parts)
+    key = feature_key(parts)
     folder = d.shards_dir(cache, "image_folder", "train", key)
     metas = []
     for rank in range(2):
@@ -68,6 +68,13 @@ def test_shards_merge_in_process_and_complete_shards_are_reused(image_folder, tm
     assert merged.sample_ids == alone.sample_ids and merged.skipped == alone.skipped == ["train/class_00/img_004.png"]
     for x, y in ((merged.global_, alone.global_), (merged.patches, alone.patches), (merged.labels, alone.labels)):
         assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+def _sets(data: Path, cache_root: Path, batch_size: int) -> list[str]:
+    """``spa-cil extract`` settings of the tests: the tiny random CLIP on CPU, no loader workers."""
+    items = ["data.dataset=image_folder", f"data.root={data}", "backbone.name=tiny-test", "backbone.device=cpu",
+             f"backbone.batch_size={batch_size}", "backbone.num_workers=0", f"cache.root={cache_root}"]
+    return [arg for item in items for arg in ("--set", item)]
 
 
 def _free_port() -> int:
@@ -96,9 +103,8 @@ def test_two_cpu_ranks_write_the_single_process_entry(tmp_path, tiny_backbone, m
     bad = data / "train" / "class_03" / "img_001.png"  # index 19: in rank 1's shard
     bad.write_bytes(b"truncated")
     multi = _run(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-                  "-m", "spacil.features.distributed", "--dataset", "image_folder", "--root", str(data),
-                  "--split", "train", "--backbone", "tiny-test", "--device", "cpu", "--batch-size", "5",
-                  "--num-workers", "0", "--no-progress", "--cache-root", str(tmp_path / "multi")], tmp_path)
+                  "-m", "spacil.cli", "extract", "--split", "train", "--no-progress",
+                  *_sets(data, tmp_path / "multi", batch_size=5)], tmp_path)
     # The reference: one process, same batch size and one thread like each torchrun worker (OMP_NUM_THREADS=1).
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     threads, before = torch.get_num_threads(), tiny_backbone.images_encoded
@@ -110,7 +116,8 @@ def test_two_cpu_ranks_write_the_single_process_entry(tmp_path, tiny_backbone, m
         torch.set_num_threads(threads)
 
     # 24 images, batches of 5: rank 0 encodes batches 0-2 (15 images), rank 1 batches 3-4 (9, one unreadable)
-    assert "rank 0/2: encoded 15 images" in multi.stdout and "rank 1/2: encoded 8 images" in multi.stdout
+    assert "rank 0/2: images encoded in this call: 15" in multi.stdout
+    assert "rank 1/2: images encoded in this call: 8" in multi.stdout
     assert tiny_backbone.images_encoded - before == 23
     a, b = _entry(tmp_path / "single"), _entry(tmp_path / "multi")
     assert a.relative_to(tmp_path / "single") == b.relative_to(tmp_path / "multi")
@@ -136,12 +143,11 @@ def test_error_policy_stops_every_rank_and_leaves_no_entry(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK"}}
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           f"--master_port={_free_port()}", "-m", "spacil.features.distributed", "--dataset",
-                           "image_folder", "--root", str(data), "--split", "train", "--backbone", "tiny-test",
-                           "--device", "cpu", "--batch-size", "2", "--num-workers", "0", "--no-progress",
-                           "--bad-images", "error", "--cache-root", str(tmp_path / "c")],
+                           f"--master_port={_free_port()}", "-m", "spacil.cli", "extract", "--split", "train",
+                           "--no-progress", *_sets(data, tmp_path / "c", batch_size=2),
+                           "--set", "data.bad_images=error"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0
-    assert "error (rank 0): 1 unreadable images in image_folder/train: train/class_01/img_003.png" in proc.stderr
-    assert "error (rank 1): 1 unreadable images" in proc.stderr
+    assert "error (rank 0/2): 1 unreadable images in image_folder/train: train/class_01/img_003.png" in proc.stderr
+    assert "error (rank 1/2): 1 unreadable images" in proc.stderr
     assert not list((tmp_path / "c").rglob("manifest.json")) and not list((tmp_path / "c").rglob("*.partial-shards"))

@@ -9,7 +9,7 @@ import torch
 from spacil.data.datasets import DatasetError, ImageFolderSource
 from spacil.features import CacheError, FeatureCache, get_features
 from spacil.features.extract import feature_key_parts
-from spacil.features.cache import cache_key
+from spacil.features.cache import feature_key
 
 
 def test_extract_then_reuse_without_encoding(image_folder, tmp_path, tiny_backbone):
@@ -33,10 +33,10 @@ def test_extract_then_reuse_without_encoding(image_folder, tmp_path, tiny_backbo
 
 def test_changed_image_changes_the_key(image_folder, tiny_backbone):
     source = ImageFolderSource(image_folder, "test")
-    key = cache_key(feature_key_parts(source, tiny_backbone))
+    key = feature_key(feature_key_parts(source, tiny_backbone))
     path = image_folder / "test" / "class_00" / "img_000.png"
     path.write_bytes(path.read_bytes() + b"\0")  # same image, different bytes
-    assert cache_key(feature_key_parts(ImageFolderSource(image_folder, "test"), tiny_backbone)) != key
+    assert feature_key(feature_key_parts(ImageFolderSource(image_folder, "test"), tiny_backbone)) != key
 
 
 def _entry(tmp_path, image_folder, tiny_backbone):

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spacil.spa.gaussian_replay import GaussianBank, safe_cholesky, shrunk_covariance
-from spacil.spa.patch_selection import patch_relevance, select_top_k
-from spacil.spa.projectors import ProjectorStack
+from spacil.methods.spa.gaussian_replay import GaussianBank, safe_cholesky, shrunk_covariance
+from spacil.methods.spa.patch_selection import patch_relevance, select_top_k
+from spacil.methods.spa.projectors import ProjectorStack
 from spacil.text.semantic_tokens import build_semantic_tokens
 
 

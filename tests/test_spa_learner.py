@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spacil.config import SPAConfig, TrainConfig
+from spacil.config import TrainConfig
+from spacil.methods.spa import SPAConfig
 from spacil.methods.base import FeatureBatch, TaskContext
-from spacil.spa.learner import SPALearner
+from spacil.methods.spa.learner import SPALearner
 from spacil.text.class_texts import ClassTexts
 from spacil.text.semantic_tokens import SemanticTokens
 

@@ -10,9 +10,7 @@ from typing import List, Optional
 import typer
 
 from .config import ConfigError, list_presets, load_config
-
-DEFAULT_VARIANT_NAMES = ("zeroshot", "simplecil", "clsonly", "spa", "spa_no_ot", "spa_no_replay",
-                         "spa_shared_projector", "spa_random_selection")
+from .methods import all_variants, default_variants, list_methods
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SPA (Semantic-guided Patch-level Alignment) for CLIP-based class-incremental learning.")
@@ -24,10 +22,10 @@ ConfigOption = typer.Option(None, "--config", "-c", help="Preset name (see `spa-
 SetOption = typer.Option(None, "--set", "-s", help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException, where: str = "") -> None:
     """One line on stderr instead of a traceback for errors the user can fix."""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    typer.secho(f"error{f' ({where})' if where else ''}: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
 
 
@@ -91,44 +89,50 @@ def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
     from .backbone import load_backbone
     from .data.datasets import load_split
     from .features import FeatureCache
-    from .features.distributed import get_features_distributed
+    from .features.distributed import dist_env, get_features_distributed, rank_device, shutdown_distributed
 
+    env = dist_env()
+    rank = f"rank {env.rank}/{env.world_size}" if env else ""
     try:
         cfg = load_config(config, set_ or [])
         if split not in {"train", "test", "both"}:
             raise ValueError("--split must be train, test or both")
-        backbone = load_backbone(cfg.backbone.name, cfg.backbone.checkpoint, cfg.backbone.device, cfg.backbone.precision)
-        cache = FeatureCache(cfg.cache.root, verify=cfg.cache.verify)
+        backbone = load_backbone(cfg.backbone.name, cfg.backbone.checkpoint, rank_device(cfg.backbone.device),
+                                 cfg.backbone.precision)
+        cache = FeatureCache(cfg.cache.root, verify=cfg.cache.verify, dtype=cfg.cache.dtype)
         for name in (["train", "test"] if split == "both" else [split]):
             source = load_split(cfg.data.dataset, name, cfg.data.root, cfg.data.download)
             feats = get_features_distributed(source, backbone, cache, cfg.backbone.batch_size,
-                                             cfg.backbone.num_workers, cfg.data.bad_images, progress)
-            typer.echo(f"{cfg.data.dataset}/{name}: {len(feats)} images, {len(feats.skipped)} skipped, "
-                       f"global {tuple(feats.global_.shape)}, patches {tuple(feats.patches.shape)} -> {feats.location}")
-        typer.echo(f"images encoded in this call: {backbone.images_encoded}")
+                                             cfg.backbone.num_workers, cfg.data.bad_images,
+                                             progress and (env is None or env.rank == 0))
+            if env is None or env.rank == 0:
+                typer.echo(f"{cfg.data.dataset}/{name}: {len(feats)} images, {len(feats.skipped)} skipped, "
+                           f"global {tuple(feats.global_.shape)}, patches {tuple(feats.patches.shape)} "
+                           f"-> {feats.location}")
+        typer.echo(f"{rank + ': ' if rank else ''}images encoded in this call: {backbone.images_encoded}")
     except USER_ERRORS as exc:
-        _fail(exc)
+        _fail(exc, rank)
+    finally:
+        shutdown_distributed()
 
 
 @app.command()
 def compare(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = SetOption,
-            variants: str = typer.Option(",".join(DEFAULT_VARIANT_NAMES), help="Comma-separated variants "
-                                         "(see `spa-cil info`)."),
+            variants: Optional[str] = typer.Option(None, help="Comma-separated variants (see `spa-cil info`; "
+                                                   "default: every method's default variants)."),
             seeds: str = typer.Option("1993", help="Comma-separated training seeds; >1 gives mean ± std."),
             output: Path = typer.Option(Path("runs/comparison"), help="Folder for the table and the runs."),
             progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
     """Run methods and ablations on the same cached features and write one comparison table."""
-    from .experiments.compare import run_comparison
+    from .training.compare import comparison_markdown, run_comparison
 
     try:
         cfg = load_config(config, set_ or [])
-        names = [v.strip() for v in variants.split(",") if v.strip()]
+        names = [v.strip() for v in variants.split(",") if v.strip()] if variants else default_variants()
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         rows = run_comparison(cfg, names, seed_list, output, progress=progress)
     except USER_ERRORS as exc:
         _fail(exc)
-    from .experiments.compare import comparison_markdown
-
     typer.echo(comparison_markdown(rows))
     typer.echo(f"table: {output / 'comparison.md'} (also .csv, .json, accuracy_per_stage.png)")
 
@@ -139,17 +143,21 @@ def demo(output: Path = typer.Option(Path("spacil-demo"), help="Report folder (d
          variants: Optional[str] = typer.Option(None, help="Comma-separated variants (default: SPA, baselines, "
                                                 "ablations)."),
          n_classes: int = typer.Option(50, min=2, help="Parts-world classes."),
+         n_train: int = typer.Option(60, min=1, help="Training images per class."),
+         n_test: int = typer.Option(20, min=1, help="Test images per class."),
+         image_size: int = typer.Option(64, min=16, help="Rendered image side in pixels."),
          set_: Optional[List[str]] = SetOption,
          progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
     """The built-in default: SPA vs baselines and ablations on parts world, with a report folder."""
-    from .experiments.demo import DEMO_VARIANTS, DemoSettings, run_demo
-    from .experiments.compare import comparison_markdown
+    from .partsworld.demo import DemoSettings, run_demo
+    from .training.compare import comparison_markdown
 
     try:
         settings = DemoSettings(output=output, overrides=list(set_ or []),
-                                variants=[v.strip() for v in variants.split(",")] if variants else DEMO_VARIANTS,
-                                seeds=[int(s) for s in seeds.split(",") if s.strip()])
-        report, rows = run_demo(settings, n_classes=n_classes, progress=progress)
+                                variants=[v.strip() for v in variants.split(",")] if variants else default_variants(),
+                                seeds=[int(s) for s in seeds.split(",") if s.strip()], n_classes=n_classes,
+                                n_train=n_train, n_test=n_test, image_size=image_size)
+        report, rows = run_demo(settings, progress=progress)
     except USER_ERRORS as exc:
         _fail(exc)
     typer.echo(comparison_markdown(rows))
@@ -179,7 +187,7 @@ def data_check(path: Path = typer.Argument(..., help="Dataset folder (root/train
 
 @app.command()
 def info() -> None:
-    """List backbones, datasets, presets and shipped class orders."""
+    """List backbones, datasets, presets, shipped class orders, methods and their variants."""
     from .backbone.registry import ALIASES
     from .data.datasets import list_datasets
     from .data.scenario import shipped_class_order_datasets
@@ -193,11 +201,12 @@ def info() -> None:
     typer.echo("presets (--config NAME):")
     typer.echo("  " + ", ".join(list_presets()))
     typer.echo("shipped class orders (seed 1993): " + ", ".join(shipped_class_order_datasets()))
-    from .experiments.compare import VARIANTS
-
-    typer.echo("compare variants:")
-    for name, overrides in VARIANTS.items():
-        typer.echo(f"  {name:22s} {' '.join(overrides)}")
+    typer.echo("methods (method.name):")
+    for entry in list_methods():
+        typer.echo(f"  {entry.name:22s} {entry.summary}")
+    typer.echo("compare variants (* = run by default in compare and demo):")
+    for name, variant in all_variants().items():
+        typer.echo(f"  {name:21s}{'*' if variant.default else ' '} {' '.join(variant.overrides)}")
 
 
 @app.command()

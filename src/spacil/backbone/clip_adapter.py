@@ -58,7 +58,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _register_local_configs() -> None:
+def register_model_configs() -> None:
     """Make our shipped open_clip model configs known to open_clip (idempotent)."""
     import open_clip
 
@@ -188,7 +188,7 @@ def load_backbone(name: str = "tiny-test", checkpoint: Path | str | None = None,
     import open_clip
 
     spec = resolve_backbone(name, checkpoint)
-    _register_local_configs()
+    register_model_configs()
     if spec.arch not in open_clip.list_models():
         raise BackboneLoadError(f"open_clip has no architecture {spec.arch!r} (backbone {spec.alias})")
     torch_device = pick_device(device)

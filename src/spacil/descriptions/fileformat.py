@@ -11,11 +11,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from ..io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -270,16 +271,7 @@ def save_description_file(descriptions: DescriptionSet, path: str | os.PathLike[
     doc = descriptions.to_document()
     validate_document(doc, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(render_document(doc))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, render_document(doc))
     descriptions.checksum = doc["checksum"]
     return path
 

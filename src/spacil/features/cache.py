@@ -5,7 +5,7 @@ half-written entry behind under the final name)::
 
     <root>/<dataset>/<split>-<key[:16]>/
         manifest.json   key, what the key was made of, shapes, dtypes, file sizes and sha256
-        global.npy      [N, D]    float16  projected [CLS] features
+        global.npy      [N, D]    float16  projected [CLS] features (``cache.dtype``)
         patches.npy     [N, P, D] float16  projected patch tokens
         labels.npy      [N]       int64    original dataset labels
         ids.json        sample ids (relative paths / array indices), skipped files
@@ -26,10 +26,13 @@ from typing import Sequence
 
 import numpy as np
 
+from ..io import compact_array, fsync_file, new_array, sha256_file, write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 ARRAY_FILES = ("global.npy", "patches.npy", "labels.npy")
+STORAGE_DTYPES = ("float16", "float32")
 
 
 class CacheError(RuntimeError):
@@ -60,45 +63,23 @@ class FeatureSet:
         return int(self.patches.shape[1])
 
 
-def cache_key(parts: dict) -> str:
+def feature_key(parts: dict) -> str:
     """sha256 of a canonical JSON rendering of what determines the features."""
     blob = json.dumps({"format": CACHE_FORMAT_VERSION, **parts}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class FeatureCache:
     """Finds, validates and writes cache entries under ``root``."""
 
-    def __init__(self, root: Path | str, verify: str = "fast") -> None:
+    def __init__(self, root: Path | str, verify: str = "fast", dtype: str = "float16") -> None:
         self.root = Path(root).expanduser()
         if verify not in {"fast", "full"}:
             raise ValueError("verify must be 'fast' or 'full'")
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"feature storage dtype must be one of {', '.join(STORAGE_DTYPES)}")
         self.verify = verify
+        self.dtype = dtype
 
     def entry_dir(self, dataset: str, split: str, key: str) -> Path:
         return self.root / dataset / f"{split}-{key[:16]}"
@@ -128,7 +109,7 @@ class FeatureCache:
             info = manifest["files"][name]
             if not path.is_file() or path.stat().st_size != info["bytes"]:
                 raise CacheError(f"feature cache file {path} is missing or truncated; {hint}")
-            if self.verify == "full" and _sha256_file(path) != info["sha256"]:
+            if self.verify == "full" and sha256_file(path) != info["sha256"]:
                 raise CacheError(f"feature cache file {path} does not match its checksum; {hint}")
             try:
                 arrays[name] = np.load(path, mmap_mode="r")
@@ -160,15 +141,15 @@ class CacheWriter:
         self.tmp_dir.mkdir(parents=True)
         self.key, self.key_parts, self.class_names = key, key_parts, class_names
         self.dataset, self.split = dataset, split
-        open_mm = np.lib.format.open_memmap
-        self.global_ = open_mm(self.tmp_dir / "global.npy", mode="w+", dtype=np.float16, shape=(n, dim))
-        self.patches = open_mm(self.tmp_dir / "patches.npy", mode="w+", dtype=np.float16, shape=(n, num_patches, dim))
-        self.labels = open_mm(self.tmp_dir / "labels.npy", mode="w+", dtype=np.int64, shape=(n,))
+        self.dtype = np.dtype(cache.dtype)
+        self.global_ = new_array(self.tmp_dir / "global.npy", self.dtype, (n, dim))
+        self.patches = new_array(self.tmp_dir / "patches.npy", self.dtype, (n, num_patches, dim))
+        self.labels = new_array(self.tmp_dir / "labels.npy", np.int64, (n,))
         self.filled = np.zeros(n, dtype=bool)
 
     def write(self, indices: np.ndarray, global_: np.ndarray, patches: np.ndarray, labels: np.ndarray) -> None:
-        self.global_[indices] = global_.astype(np.float16)
-        self.patches[indices] = patches.astype(np.float16)
+        self.global_[indices] = global_.astype(self.dtype)
+        self.patches[indices] = patches.astype(self.dtype)
         self.labels[indices] = labels
         self.filled[indices] = True
 
@@ -182,14 +163,15 @@ class CacheWriter:
             raise RuntimeError("cache writer: sample ids do not match the rows written")
         for mm in (self.global_, self.patches, self.labels):
             mm.flush()
-        if len(keep) < len(self.filled):
-            self._compact(keep)
+        if len(keep) < len(self.filled):  # rows of unreadable images (rare)
+            for name in ARRAY_FILES:
+                compact_array(self.tmp_dir / name, keep)
         files = {}
         for name in ARRAY_FILES:
             path = self.tmp_dir / name
-            _fsync_file(path)
+            fsync_file(path)
             arr = np.load(path, mmap_mode="r")
-            files[name] = {"bytes": path.stat().st_size, "sha256": _sha256_file(path), "shape": list(arr.shape),
+            files[name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path), "shape": list(arr.shape),
                            "dtype": str(arr.dtype)}
         write_json_atomic(self.tmp_dir / "ids.json", {"sample_ids": sample_ids, "skipped": skipped})
         manifest = {"format": CACHE_FORMAT_VERSION, "key": self.key, "inputs": self.key_parts, "dataset": self.dataset,
@@ -200,14 +182,3 @@ class CacheWriter:
         else:
             os.replace(self.tmp_dir, self.final_dir)
         return self.final_dir
-
-    def _compact(self, keep: np.ndarray) -> None:
-        """Rewrite arrays without the rows of skipped images (rare: only when files are unreadable)."""
-        for name, src in (("global.npy", self.global_), ("patches.npy", self.patches), ("labels.npy", self.labels)):
-            tmp = self.tmp_dir / f"compact-{name}"
-            dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(keep), *src.shape[1:]))
-            for start in range(0, len(keep), 4096):
-                dst[start:start + 4096] = src[keep[start:start + 4096]]
-            dst.flush()
-            del dst
-            os.replace(tmp, self.tmp_dir / name)

@@ -15,13 +15,11 @@ are small Python objects and barriers, and rank 0's merge can outlast NCCL's wat
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +30,8 @@ import torch.distributed as dist
 
 from ..backbone import FrozenCLIP
 from ..data.datasets import DatasetError, ImageSource
-from .cache import CacheError, FeatureCache, FeatureSet, cache_key, write_json_atomic
+from ..io import compact_array, new_array, write_json_atomic
+from .cache import CacheError, FeatureCache, FeatureSet, feature_key
 from .extract import feature_key_parts, get_features, iterate_features, report_unreadable
 
 logger = logging.getLogger(__name__)
@@ -55,6 +54,14 @@ def dist_env() -> DistEnv | None:
     if world <= 1:
         return None
     return DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
+
+
+def rank_device(device: str) -> str:
+    """``auto`` under torchrun with CUDA means this process's own GPU (``cuda:LOCAL_RANK``)."""
+    env = dist_env()
+    if device == "auto" and env is not None and torch.cuda.is_available():
+        return f"cuda:{env.local_rank}"
+    return device
 
 
 _GROUP: dict[str, object] = {}
@@ -128,7 +135,7 @@ def _existing_shard(folder: Path, meta: dict) -> dict | None:
 
 
 def _encode_shard(source: ImageSource, backbone: FrozenCLIP, folder: Path, meta: dict, batch_size: int,
-                  num_workers: int, progress: bool) -> dict:
+                  num_workers: int, progress: bool, cache_dtype: str = "float16") -> dict:
     """Encode indices ``[start, stop)`` into ``folder`` (written under a temporary name, then renamed)."""
     start, stop = meta["start"], meta["stop"]
     m = stop - start
@@ -136,10 +143,10 @@ def _encode_shard(source: ImageSource, backbone: FrozenCLIP, folder: Path, meta:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    open_mm = np.lib.format.open_memmap
-    g = open_mm(tmp / "global.npy", mode="w+", dtype=np.float16, shape=(m, backbone.embed_dim))
-    p = open_mm(tmp / "patches.npy", mode="w+", dtype=np.float16, shape=(m, backbone.num_patches, backbone.embed_dim))
-    lab = open_mm(tmp / "labels.npy", mode="w+", dtype=np.int64, shape=(m,))
+    dtype = np.dtype(cache_dtype)
+    g = new_array(tmp / "global.npy", dtype, (m, backbone.embed_dim))
+    p = new_array(tmp / "patches.npy", dtype, (m, backbone.num_patches, backbone.embed_dim))
+    lab = new_array(tmp / "labels.npy", np.int64, (m,))
     filled = np.zeros(m, dtype=bool)
     failures: list[list] = []
     for idx, gb, pb, bad in iterate_features(source, backbone, np.arange(start, stop), batch_size, num_workers,
@@ -147,23 +154,17 @@ def _encode_shard(source: ImageSource, backbone: FrozenCLIP, folder: Path, meta:
         failures.extend([int(i), reason] for i, reason in bad)
         if gb is not None:
             rows = idx - start
-            g[rows] = gb.astype(np.float16)
-            p[rows] = pb.astype(np.float16)
+            g[rows] = gb.astype(dtype)
+            p[rows] = pb.astype(dtype)
             lab[rows] = source.labels[idx]
             filled[rows] = True
     keep = np.flatnonzero(filled)
-    # Compact to the rows of readable images (rare), keeping dataset order.
-    arrays = {"global.npy": g, "patches.npy": p, "labels.npy": lab}
-    for name, arr in arrays.items():
+    for arr in (g, p, lab):
         arr.flush()
-        if len(keep) < m:
-            dst = open_mm(tmp / f"compact-{name}", mode="w+", dtype=arr.dtype, shape=(len(keep), *arr.shape[1:]))
-            for lo in range(0, len(keep), 1024):  # in chunks: a shard can be larger than memory
-                dst[lo:lo + 1024] = arr[keep[lo:lo + 1024]]
-            dst.flush()
-            del dst
-            os.replace(tmp / f"compact-{name}", tmp / name)
-    del g, p, lab, arrays
+    del g, p, lab
+    if len(keep) < m:  # drop the rows of unreadable images (rare), keeping dataset order
+        for name in ("global.npy", "patches.npy", "labels.npy"):
+            compact_array(tmp / name, keep)
     np.save(tmp / "indices.npy", (keep + start).astype(np.int64))
     done = {**meta, "n": int(len(keep)), "failures": failures}
     write_json_atomic(tmp / "meta.json", done)
@@ -232,7 +233,7 @@ def get_features_distributed(source: ImageSource, backbone: FrozenCLIP, cache: F
     keyed: dict = {}
     if env.rank == 0:
         try:
-            keyed = {"parts": feature_key_parts(source, backbone)}
+            keyed = {"parts": feature_key_parts(source, backbone, cache.dtype)}
         except Exception as exc:  # noqa: BLE001 - the other ranks are waiting for the key
             keyed = {"error": f"rank 0: {exc.__class__.__name__}: {exc}"}
     keyed = _broadcast(keyed, group)
@@ -244,7 +245,7 @@ def get_features_distributed(source: ImageSource, backbone: FrozenCLIP, cache: F
     if any(v != views[0] for v in views) or parts["weights_sha256"] != mine[1]:
         raise RuntimeError(f"rank {env.rank}: ranks see different datasets or backbones; "
                            "every rank must load the same files and weights")
-    key = cache_key(parts)
+    key = feature_key(parts)
     dataset, split = source.dataset, source.split
 
     status: dict = {}
@@ -272,7 +273,7 @@ def get_features_distributed(source: ImageSource, backbone: FrozenCLIP, cache: F
             logger.info("rank %d: reusing complete shard %s", env.rank, shard)
         else:
             done = _encode_shard(source, backbone, shard, meta, batch_size, num_workers,
-                                 progress and env.rank == 0)
+                                 progress and env.rank == 0, cache.dtype)
         mine_status = {"ok": True, "meta": done}
     except Exception as exc:  # noqa: BLE001 - every rank must learn that one failed, or the others hang
         logger.exception("rank %d: shard extraction failed", env.rank)
@@ -301,68 +302,3 @@ def get_features_distributed(source: ImageSource, backbone: FrozenCLIP, cache: F
                          "all ranks need the same cache root on a shared file system")
     logger.info("rank %d: %d features of %s/%s in %s", env.rank, len(loaded), dataset, split, loaded.location)
     return loaded
-
-
-# ---------------------------------------------------------------------------------------------- command line
-def _load_source(dataset: str, split: str, root: str | None) -> ImageSource:
-    from ..data.datasets import load_split
-    from ..data.protocol import PROTOCOL_DATASETS, load_protocol_split
-
-    if dataset in PROTOCOL_DATASETS:
-        return load_protocol_split(dataset, split, root)
-    return load_split(dataset, split, root)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m spacil.features.distributed`` (under torchrun, or alone as a single process)."""
-    from ..backbone import load_backbone
-
-    parser = argparse.ArgumentParser(prog="python -m spacil.features.distributed",
-                                     description="Encode a dataset split into the feature cache, split over "
-                                                 "torchrun processes (torchrun --nproc_per_node=N -m ...).")
-    parser.add_argument("--dataset", required=True, help="dataset key (image_folder, cub200, food101, ...)")
-    parser.add_argument("--root", default=None, help="dataset folder (default $SPACIL_DATA_ROOT/<dataset>)")
-    parser.add_argument("--split", default="both", choices=["train", "test", "both"])
-    parser.add_argument("--cache-root", required=True, help="feature cache root, shared by all ranks")
-    parser.add_argument("--backbone", default="laion400m/ViT-B-16")
-    parser.add_argument("--checkpoint", default=None, help="local weights file for the backbone")
-    parser.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK when CUDA is present), cpu, cuda:N")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--num-workers", type=int, default=4)
-    parser.add_argument("--bad-images", default="skip", choices=["skip", "error"])
-    parser.add_argument("--verify", default="fast", choices=["fast", "full"])
-    parser.add_argument("--timeout-s", type=float, default=7200.0, help="longest wait at a synchronisation point")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-
-    env = dist_env()
-    rank = env.rank if env else 0
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # open_clip logs its model-building chatter on the root logger; keep only its warnings and errors.
-    logging.getLogger().handlers[0].addFilter(lambda r: r.name != "root" or r.levelno >= logging.WARNING)
-    device = args.device
-    if device == "auto" and torch.cuda.is_available():
-        device = f"cuda:{env.local_rank if env else 0}"
-    try:
-        backbone = load_backbone(args.backbone, args.checkpoint, device, args.precision)
-        cache = FeatureCache(args.cache_root, verify=args.verify)
-        for split in (["train", "test"] if args.split == "both" else [args.split]):
-            source = _load_source(args.dataset, split, args.root)
-            feats = get_features_distributed(source, backbone, cache, args.batch_size, args.num_workers,
-                                             args.bad_images, not args.no_progress, args.timeout_s)
-            if rank == 0:
-                print(f"{args.dataset}/{split}: {len(feats)} images, {len(feats.skipped)} skipped -> {feats.location}")
-        print(f"rank {rank}/{env.world_size if env else 1}: encoded {backbone.images_encoded} images")
-    except (DatasetError, CacheError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error (rank {rank}): {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}",
-              file=sys.stderr)
-        return 2
-    finally:
-        shutdown_distributed()
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..backbone import FrozenCLIP
 from ..data.datasets import BadImageError, DatasetError, ImageSource
-from .cache import FeatureCache, FeatureSet, cache_key
+from .cache import FeatureCache, FeatureSet, feature_key
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,13 @@ def _collate(batch):
     return indices, images, bad
 
 
-def feature_key_parts(source: ImageSource, backbone: FrozenCLIP) -> dict:
-    """Everything that determines the cached features of ``source``."""
-    return {
+def feature_key_parts(source: ImageSource, backbone: FrozenCLIP, storage_dtype: str = "float16") -> dict:
+    """Everything that determines the cached features of ``source``.
+
+    float16, the storage of every entry written before the dtype was a setting, is left out of the key so
+    those entries stay valid; any other storage dtype is part of it.
+    """
+    parts = {
         "backbone": backbone.name,
         "weights_sha256": backbone.fingerprint(),
         "transform": backbone.transform_description(),
@@ -52,6 +56,9 @@ def feature_key_parts(source: ImageSource, backbone: FrozenCLIP) -> dict:
         "split": source.split,
         "content_sha256": source.content_hash(),
     }
+    if storage_dtype != "float16":
+        parts["storage_dtype"] = storage_dtype
+    return parts
 
 
 def iterate_features(source: ImageSource, backbone: FrozenCLIP, indices: np.ndarray, batch_size: int,
@@ -111,8 +118,8 @@ def extract_to_cache(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCa
 def get_features(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache, batch_size: int = 128,
                  num_workers: int = 2, bad_images: str = "skip", progress: bool = True) -> FeatureSet:
     """Cached features of ``source``, extracting them first if this (backbone, transform, split) is new."""
-    parts = feature_key_parts(source, backbone)
-    key = cache_key(parts)
+    parts = feature_key_parts(source, backbone, cache.dtype)
+    key = feature_key(parts)
     found = cache.load(source.dataset, source.split, key)
     if found is not None:
         logger.info("reusing cached features %s", found.location)

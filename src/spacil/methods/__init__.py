@@ -1,25 +1,19 @@
-"""Learners that run in the shared harness: SPA and the baselines it is compared with."""
+"""Learners that run in the shared harness: SPA and the baselines it is compared with.
+
+Importing a method module registers it (:mod:`spacil.methods.registry`); the import order below is
+the order of ``spa-cil info``, of the config's ``method`` sections and of the default comparison.
+"""
 
 from __future__ import annotations
 
-from ..config import Config
 from .base import FeatureBatch, Learner, TaskContext
-from .simplecil import SimpleCIL
+from .registry import MethodEntry, Variant, all_variants, default_variants, get_method, list_methods, make_learner
+from .registry import register_method
 from .zeroshot import ZeroShotCLIP
+from .simplecil import SimpleCIL
+from .spa import SPALearner
+from .ranpac import RanPAC
 
-
-def make_learner(config: Config) -> Learner:
-    """The learner named by ``config.method.name`` with its section of the config."""
-    name = config.method.name
-    if name == "spa":
-        from ..spa.learner import SPALearner
-
-        return SPALearner(config.method.spa, config.train, chunk_size=config.train.eval_batch_size)
-    if name == "zeroshot":
-        return ZeroShotCLIP(config.method.zeroshot)
-    if name == "simplecil":
-        return SimpleCIL(config.method.simplecil)
-    raise ValueError(f"unknown method {name!r}")
-
-
-__all__ = ["FeatureBatch", "Learner", "SimpleCIL", "TaskContext", "ZeroShotCLIP", "make_learner"]
+__all__ = ["FeatureBatch", "Learner", "MethodEntry", "RanPAC", "SPALearner", "SimpleCIL", "TaskContext", "Variant",
+           "ZeroShotCLIP", "all_variants", "default_variants", "get_method", "list_methods", "make_learner",
+           "register_method"]

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from ..text.class_texts import ClassTexts
+if TYPE_CHECKING:  # the schema imports this module to collect method sections; keep the arrows one way
+    from ..backbone import FrozenCLIP
+    from ..config import Config
+    from ..text.class_texts import ClassTexts
 
 
 @dataclass
@@ -49,8 +53,22 @@ class TaskContext:
 class Learner(ABC):
     """A class-incremental learner on frozen features."""
 
-    #: Name shown in tables and run folders.
+    #: Name shown in tables and run folders (set by :func:`~spacil.methods.registry.register_method`).
     name: str = "learner"
+
+    @classmethod
+    def from_config(cls, config: "Config") -> "Learner":
+        """The learner for a run; by default built from its own ``method.<name>`` section only."""
+        return cls(getattr(config.method, cls.name))  # type: ignore[call-arg]
+
+    @classmethod
+    def prepare(cls, config: "Config", backbone: "FrozenCLIP", texts: "ClassTexts") -> dict | None:
+        """Hook run once per run before the first task, with the backbone still loaded.
+
+        A method that needs more than class prompts adds it to ``texts`` here (SPA: description tokens).
+        What it returns is recorded in ``summary.json`` under ``descriptions`` (where they came from).
+        """
+        return None
 
     @abstractmethod
     def learn_task(self, ctx: TaskContext, train: FeatureBatch) -> dict:

@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from ..config import SimpleCILConfig
+from ..schema import StrictModel
 from .base import FeatureBatch, Learner, TaskContext
+from .registry import register_method
 
 
+class SimpleCILConfig(StrictModel):
+    """SimpleCIL: a cosine classifier whose weights are class-mean frozen features (prototypes)."""
+
+    logit_scale: float = Field(16.0, gt=0)
+
+
+@register_method("simplecil", config=SimpleCILConfig)
 class SimpleCIL(Learner):
-    name = "simplecil"
+    """SimpleCIL: cosine classifier on class-mean frozen [CLS] features (prototypes)."""
 
     def __init__(self, config: SimpleCILConfig) -> None:
         self.config = config

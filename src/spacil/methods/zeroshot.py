@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from ..config import ZeroShotConfig
+from ..schema import StrictModel
 from .base import FeatureBatch, Learner, TaskContext
+from .registry import register_method
 
 
+class ZeroShotConfig(StrictModel):
+    """Continual-CLIP: classify by similarity of the image to the class prompts; nothing is trained."""
+
+    logit_scale: float = Field(100.0, gt=0)
+
+
+@register_method("zeroshot", config=ZeroShotConfig)
 class ZeroShotCLIP(Learner):
-    """Cosine similarity of the frozen [CLS] feature to the prompt embedding of each seen class."""
-
-    name = "zeroshot"
+    """Zero-shot CLIP (Continual-CLIP): cosine of the frozen [CLS] to each seen class's prompt."""
 
     def __init__(self, config: ZeroShotConfig) -> None:
         self.config = config

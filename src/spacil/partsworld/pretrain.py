@@ -47,7 +47,7 @@ class PretrainSettings:
     patch_loss_weight: float = 1.0
     min_part_fraction: float = 0.3  # a patch is labelled with a part when the part covers this much of it
     seed: int = 0
-    threads: int = 1
+    threads: int = 1  # torch threads, set by the script that runs this (library code leaves them alone)
 
 
 def phrase_vocabulary() -> list[str]:
@@ -103,10 +103,9 @@ def pretrain(settings: PretrainSettings, output: Path, progress: bool = True) ->
     import open_clip
     from safetensors.torch import save_file
 
-    from ..backbone.clip_adapter import _register_local_configs
+    from ..backbone import register_model_configs
 
-    torch.set_num_threads(settings.threads)
-    _register_local_configs()
+    register_model_configs()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         model = open_clip.create_model(settings.arch, pretrained=None)

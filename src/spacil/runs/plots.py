@@ -1,4 +1,8 @@
-"""Plots of a run: accuracy after each stage and the accuracy-matrix heatmap (matplotlib, no display)."""
+"""Plots of a run: accuracy after each stage and the accuracy-matrix heatmap.
+
+Figures are drawn on their own Agg canvas, never through pyplot, so plotting from the library changes
+no global matplotlib state (backend, open figures) of the program that imported it.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,20 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(**kwargs):
+    """A matplotlib figure attached to an Agg canvas (file output only; no display, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def plot_stage_curves(path: Path, curves: Mapping[str, Sequence[float]], title: str = "Accuracy on all seen classes") -> Path:
     """One line per method: top-1 (%) after each stage."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig = new_figure(figsize=(6, 4), dpi=120)
+    ax = fig.subplots()
     for label, values in curves.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
     ax.set_xticks(range(1, max((len(v) for v in curves.values()), default=1) + 1))
@@ -31,14 +36,13 @@ def plot_stage_curves(path: Path, curves: Mapping[str, Sequence[float]], title: 
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def plot_accuracy_matrix(path: Path, matrix: np.ndarray, title: str = "R[t, j]: accuracy on task j after task t") -> Path:
-    plt = _pyplot()
     t, n = matrix.shape
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 1.0 + 0.55 * t), dpi=120)
+    fig = new_figure(figsize=(1.0 + 0.6 * n, 1.0 + 0.55 * t), dpi=120)
+    ax = fig.subplots()
     im = ax.imshow(np.ma.masked_invalid(matrix), vmin=0, vmax=100, cmap="viridis")
     for i in range(t):
         for j in range(n):
@@ -53,7 +57,6 @@ def plot_accuracy_matrix(path: Path, matrix: np.ndarray, title: str = "R[t, j]: 
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

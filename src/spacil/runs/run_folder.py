@@ -28,25 +28,30 @@ from safetensors.torch import load_file, save_file
 
 from ..config import Config, config_to_yaml
 from ..evaluation.metrics import IncrementalMetrics, StageResult
-from ..features.cache import write_json_atomic
+from ..io import atomic_path, write_json_atomic, write_text_atomic
 from .environment import collect_environment
 
 logger = logging.getLogger(__name__)
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+#: Settings that cannot change a run's results, left out of its key so that moving a run to another
+#: machine (other data path, cores, memory) or asking for other side outputs resumes it instead of
+#: starting over: where the data and results live, loader workers, scoring batch size, optional outputs.
+#: ``cache.root``/``cache.enabled``/``cache.verify`` only decide where features are kept and how hard they are checked.
+RESULT_NEUTRAL_FIELDS = ("data.root", "data.download", "backbone.num_workers", "train.eval_batch_size",
+                         "cache.root", "cache.enabled", "cache.verify", "run")
 
 
 def config_digest(config: Config) -> str:
-    """sha256 of the resolved config without the ``run`` section (where results go is not what ran)."""
+    """sha256 of the resolved config over what determines the results: without :data:`RESULT_NEUTRAL_FIELDS`
+    and without the sections of methods other than the chosen one."""
     data = config.model_dump(mode="json")
-    data.pop("run")
+    for dotted in RESULT_NEUTRAL_FIELDS:
+        *parents, last = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node.pop(last)
+    data["method"] = {"name": config.method.name, config.method.name: data["method"][config.method.name]}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -155,9 +160,9 @@ class RunFolder:
 
     def save_checkpoint(self, task: int, state: dict[str, torch.Tensor]) -> Path:
         path = self.checkpoint_path(task)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata={"task": str(task)})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
+                      metadata={"task": str(task)})
         return path
 
     def load_checkpoint(self, task: int) -> dict[str, torch.Tensor]:

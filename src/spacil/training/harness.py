@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,13 +24,11 @@ from ..backbone import FrozenCLIP, load_backbone, pick_device
 from ..config import Config
 from ..data.datasets import load_split
 from ..data.scenario import Scenario, build_scenario, resolve_class_order
-from ..evaluation.metrics import IncrementalMetrics, evaluate_stage, stage_from_row
+from ..evaluation.metrics import IncrementalMetrics, StageResult, evaluate_stage, stage_from_row
 from ..features import FeatureCache, FeatureSet, get_features
-from ..methods import FeatureBatch, Learner, TaskContext, make_learner
+from ..methods import FeatureBatch, Learner, TaskContext, get_method, make_learner
 from ..runs import RunFolder
 from ..text import ClassTexts, build_class_texts
-from ..text.class_phrases import resolve_class_phrases
-from ..text.semantic_tokens import build_semantic_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class PreparedData:
     texts: ClassTexts
     train_labels: np.ndarray  # new labels of train rows
     test_labels: np.ndarray  # new labels of test rows
-    descriptions: dict | None = None  # where the class phrases came from (SPA only)
+    descriptions: dict | None = None  # what the methods' prepare hooks recorded (SPA: where its phrases came from)
 
 
 @dataclass
@@ -61,11 +60,15 @@ def task_seed(seed: int, task: int) -> int:
 
 
 def prepare_data(config: Config, backbone: FrozenCLIP | None = None, cache_root: Path | None = None,
-                 progress: bool = True) -> PreparedData:
-    """Backbone, cached features of both splits, scenario and class texts for ``config``."""
+                 progress: bool = True, methods: Sequence[Config] | None = None) -> PreparedData:
+    """Backbone, cached features of both splits, scenario and class texts for ``config``.
+
+    The ``prepare`` hook of the method of each config in ``methods`` (default: ``config`` alone) adds
+    what that method needs to the class texts, so one set of prepared data can serve several methods.
+    """
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.checkpoint,
                                          config.backbone.device, config.backbone.precision)
-    cache = FeatureCache(cache_root or config.cache.root, verify=config.cache.verify)
+    cache = FeatureCache(cache_root or config.cache.root, verify=config.cache.verify, dtype=config.cache.dtype)
     sources = {split: load_split(config.data.dataset, split, config.data.root, config.data.download)
                for split in ("train", "test")}
     if sources["train"].class_names != sources["test"].class_names:
@@ -77,18 +80,15 @@ def prepare_data(config: Config, backbone: FrozenCLIP | None = None, cache_root:
     scenario = build_scenario(class_names, order, config.data.init_cls, config.data.increment)
     texts = build_class_texts(backbone, scenario.class_names, config.text.templates)
     descriptions = None
-    if config.method.name == "spa":
-        resolved = resolve_class_phrases(config, scenario.class_names)
-        sem = config.method.spa.semantic
-        texts.semantic = build_semantic_tokens(backbone, scenario.class_names, resolved.phrases, sem.kind,
-                                               sem.phrase_template)
-        descriptions = {"source": resolved.source, "fallback_classes": resolved.fallback_classes}
+    for method_config in methods or [config]:
+        recorded = get_method(method_config.method.name).learner.prepare(method_config, backbone, texts)
+        descriptions = recorded if recorded is not None else descriptions
     return PreparedData(backbone, feats["train"], feats["test"], scenario, texts,
                         scenario.remap(feats["train"].labels), scenario.remap(feats["test"].labels), descriptions)
 
 
 def load_rows(features: FeatureSet, rows: np.ndarray, new_labels: np.ndarray, device: torch.device) -> FeatureBatch:
-    """Rows of a (memory-mapped) feature set as tensors: global float32, patches kept float16 to halve memory."""
+    """Rows of a (memory-mapped) feature set as tensors: global float32, patches in their storage dtype."""
     rows = np.sort(rows)
     return FeatureBatch(
         global_=torch.from_numpy(np.asarray(features.global_[rows], dtype=np.float32)).to(device),
@@ -114,6 +114,20 @@ def task_context(config: Config, data: PreparedData, task: int, device: torch.de
                        texts=data.texts, device=device, seed=task_seed(config.train.seed, task))
 
 
+def evaluate_task(learner: Learner, data: PreparedData, ctx: TaskContext, batch_size: int) -> StageResult:
+    """Accuracy after task ``ctx.task`` on the test images of every class seen so far."""
+    test_rows = np.flatnonzero(data.test_labels < ctx.n_seen)
+    preds, targets = predict(learner, data.test, test_rows, data.test_labels, ctx.n_seen, ctx.device, batch_size)
+    return evaluate_stage(ctx.task, preds, targets, data.scenario.task_of_label(np.arange(data.scenario.n_classes)))
+
+
+def restore_learner(config: Config, data: PreparedData, folder: Path, task: int, device: torch.device) -> Learner:
+    """The learner of a run folder as it was after ``task`` (from its checkpoint)."""
+    learner = make_learner(config)
+    learner.load_trainable_state(RunFolder(folder).load_checkpoint(task), task_context(config, data, task, device))
+    return learner
+
+
 def run_experiment(config: Config, data: PreparedData | None = None, progress: bool = True) -> RunResult:
     """Train and evaluate ``config.method`` over every task; write the run folder as it goes.
 
@@ -137,7 +151,6 @@ def run_experiment(config: Config, data: PreparedData | None = None, progress: b
             last = len(done) - 1
             learner.load_trainable_state(folder.load_checkpoint(last), task_context(config, data, last, device))
             logger.info("resuming %s after task %d", folder.path, last)
-        task_of_label = scenario.task_of_label(np.arange(scenario.n_classes))
         logger.info("run %s: %s on %s, %d tasks %s", folder.path.name, learner.name, config.data.dataset,
                     scenario.n_tasks, list(scenario.task_sizes))
         stages = tqdm(range(len(done), scenario.n_tasks), desc=f"{learner.name} tasks", unit="task",
@@ -148,10 +161,7 @@ def run_experiment(config: Config, data: PreparedData | None = None, progress: b
             start = time.perf_counter()
             stats = learner.learn_task(ctx, load_rows(data.train, train_rows, data.train_labels, device))
             train_seconds = time.perf_counter() - start
-            test_rows = np.flatnonzero(data.test_labels < ctx.n_seen)
-            preds, targets = predict(learner, data.test, test_rows, data.test_labels, ctx.n_seen, device,
-                                     config.train.eval_batch_size)
-            result = evaluate_stage(task, preds, targets, task_of_label)
+            result = evaluate_task(learner, data, ctx, config.train.eval_batch_size)
             metrics.add(result)
             # checkpoint first: a stage counts as finished only when both its state and its row exist
             if config.run.save_checkpoints:
@@ -181,16 +191,9 @@ def evaluate_run(folder: Path, progress: bool = True) -> IncrementalMetrics:
     config = load_config(folder / "config.yaml")
     data = prepare_data(config, progress=progress)
     device = pick_device(config.train.device)
-    learner = make_learner(config)
-    run = RunFolder(folder)
-    scenario = data.scenario
-    metrics = IncrementalMetrics(scenario.n_tasks)
-    task_of_label = scenario.task_of_label(np.arange(scenario.n_classes))
-    for task in range(scenario.n_tasks):
-        ctx = task_context(config, data, task, device)
-        learner.load_trainable_state(run.load_checkpoint(task), ctx)
-        test_rows = np.flatnonzero(data.test_labels < ctx.n_seen)
-        preds, targets = predict(learner, data.test, test_rows, data.test_labels, ctx.n_seen, device,
-                                     config.train.eval_batch_size)
-        metrics.add(evaluate_stage(task, preds, targets, task_of_label))
+    metrics = IncrementalMetrics(data.scenario.n_tasks)
+    for task in range(data.scenario.n_tasks):
+        learner = restore_learner(config, data, folder, task, device)
+        metrics.add(evaluate_task(learner, data, task_context(config, data, task, device),
+                                  config.train.eval_batch_size))
     return metrics

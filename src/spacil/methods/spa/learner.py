@@ -14,26 +14,40 @@ class, on the real features of the new classes plus Gaussian pseudo-features of 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import SPAConfig, TrainConfig
-from ..methods.base import FeatureBatch, Learner, TaskContext
-from ..ot import ot_score, uniform_masses
-from ..text.semantic_tokens import SemanticTokens
+from ...ot import ot_score, uniform_masses
+from ..base import FeatureBatch, Learner, TaskContext
+from ..registry import register_method
+from .config import SPAConfig
 from .gaussian_replay import GaussianBank
 from .patch_selection import patch_relevance, select_top_k
 from .projectors import ProjectorStack
 
+if TYPE_CHECKING:
+    from ...backbone import FrozenCLIP
+    from ...config import Config, TrainConfig
+    from ...text.class_texts import ClassTexts
+    from ...text.semantic_tokens import SemanticTokens
+
 logger = logging.getLogger(__name__)
 
 
+@register_method(
+    "spa", config=SPAConfig,
+    variants={"clsonly": ["patch_branch=false"], "spa": [], "spa_no_ot": ["ot.aggregation=mean"],
+              "spa_no_replay": ["replay.enabled=false"], "spa_shared_projector": ["projector.per_task=false"],
+              "spa_random_selection": ["selection.rule=random"]},
+    extra_variants={"spa_no_patch_replay": ["replay.patch_mode=none"]},
+)
 class SPALearner(Learner):
-    name = "spa"
+    """SPA: global [CLS]-text alignment fused with description-guided patch-level OT."""
 
-    def __init__(self, config: SPAConfig, train: TrainConfig, chunk_size: int = 256) -> None:
+    def __init__(self, config: SPAConfig, train: "TrainConfig", chunk_size: int = 256) -> None:
         self.config = config
         self.train_config = train
         self.chunk_size = chunk_size
@@ -43,9 +57,25 @@ class SPALearner(Learner):
         self.patch_bank = GaussianBank(config.replay.shrinkage)
         self.prompts: Tensor | None = None
         self.prototypes: dict[int, Tensor] = {}  # class mean of frozen normalised [CLS] features
-        self.semantic: SemanticTokens | None = None
+        self.semantic: "SemanticTokens | None" = None
         self.device = torch.device("cpu")
         self.tasks_learned = 0
+
+    @classmethod
+    def from_config(cls, config: "Config") -> "SPALearner":
+        return cls(config.method.spa, config.train, chunk_size=config.train.eval_batch_size)
+
+    @classmethod
+    def prepare(cls, config: "Config", backbone: "FrozenCLIP", texts: "ClassTexts") -> dict:
+        """Class descriptions through the frozen text encoder: the semantic tokens of the patch branch."""
+        from ...text.class_phrases import resolve_class_phrases
+        from ...text.semantic_tokens import build_semantic_tokens
+
+        resolved = resolve_class_phrases(config, texts.class_names)
+        sem = config.method.spa.semantic
+        texts.semantic = build_semantic_tokens(backbone, texts.class_names, resolved.phrases, sem.kind,
+                                               sem.phrase_template)
+        return {"source": resolved.source, "fallback_classes": resolved.fallback_classes}
 
     @property
     def variant(self) -> str:
@@ -126,11 +156,37 @@ class SPALearner(Learner):
 
     def logits(self, batch: FeatureBatch, n_seen: int) -> Tensor:
         side = self.class_side(n_seen)
-        generator = torch.Generator(device=batch.global_.device).manual_seed(0)  # only used by rule=random
+        # only used by rule=random
+        generator = torch.Generator(device=batch.global_.device).manual_seed(self.config.selection.eval_seed)
         chunks = [self._logits(batch.global_[i:i + self.chunk_size], batch.patches[i:i + self.chunk_size], side,
                                generator)
                   for i in range(0, len(batch), self.chunk_size)]
         return torch.cat(chunks)
+
+    @torch.no_grad()
+    def alignment(self, patches: Tensor, labels: list[int], n_seen: int) -> list[dict]:
+        """Per image: the patches its true class's descriptions select, the phrase each is transported to
+        (its largest plan entry; the most similar token under ``ot.aggregation=mean``), and the patch score."""
+        side = self.class_side(n_seen)
+        adapted = self.visual(patches.float())
+        score, plan, index = self.patch_scores(adapted, side)
+        sem = self.semantic
+        out = []
+        for i, c in enumerate(labels):
+            entry = {"label": int(c), "patches": index[i, c].tolist(), "phrases": [], "weights": []}
+            for j in range(index.shape[2]):
+                if plan is None:
+                    sims = adapted[i, index[i, c, j]] @ side["tokens"][c].T
+                    token = int(sims.masked_fill(~side["token_mask"][c], -2).argmax())
+                    weight = float("nan")
+                else:
+                    token = int(plan[i, c, j].argmax())
+                    weight = float(plan[i, c, j].sum())
+                entry["phrases"].append(sem.phrases[c][int(sem.token_phrase[c, token])])
+                entry["weights"].append(weight)
+            entry["patch_score"] = float(score[i, c])
+            out.append(entry)
+        return out
 
     # ------------------------------------------------------------------ training
     def learn_task(self, ctx: TaskContext, train: FeatureBatch) -> dict:
@@ -155,7 +211,7 @@ class SPALearner(Learner):
         cfg, tc = self.config, self.train_config
         opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
         cpu_gen = torch.Generator().manual_seed(ctx.seed)
-        dev_gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 1)
+        dev_gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + cfg.sampling_seed_offset)
         n = len(train)
         steps_per_epoch = max(1, -(-n // tc.batch_size))
         total_steps = steps_per_epoch * tc.epochs

@@ -1,6 +1,7 @@
 """Run several methods / ablations on the same cached features and collect one comparison table.
 
-Each variant is a named list of ``--set`` overrides applied to one base config, so every row of the table
+Each variant is a named list of ``--set`` overrides registered with its method
+(:mod:`spacil.methods.registry`) and applied to one base config, so every row of the table
 comes from the same harness, the same features and the same scenario. With several seeds, each variant
 runs once per seed and the table reports mean +- std.
 """
@@ -19,26 +20,13 @@ from typing import Sequence
 import numpy as np
 
 from ..config import Config, apply_overrides, build_config, config_to_yaml
-from ..features.cache import write_json_atomic
+from ..io import write_json_atomic, write_text_atomic
+from ..methods import all_variants
 from ..runs.plots import plot_stage_curves
-from ..runs.run_folder import config_digest, write_text_atomic
-from ..training.harness import PreparedData, prepare_data, run_experiment
+from ..runs.run_folder import config_digest
+from .harness import PreparedData, prepare_data, run_experiment
 
 logger = logging.getLogger(__name__)
-
-#: Methods and ablations by name: overrides on top of the base config (which should be an SPA config).
-VARIANTS: dict[str, list[str]] = {
-    "spa": ["method.name=spa"],
-    "clsonly": ["method.name=spa", "method.spa.patch_branch=false"],
-    "simplecil": ["method.name=simplecil"],
-    "zeroshot": ["method.name=zeroshot"],
-    "spa_no_ot": ["method.name=spa", "method.spa.ot.aggregation=mean"],
-    "spa_no_replay": ["method.name=spa", "method.spa.replay.enabled=false"],
-    "spa_no_patch_replay": ["method.name=spa", "method.spa.replay.patch_mode=none"],
-    "spa_shared_projector": ["method.name=spa", "method.spa.projector.per_task=false"],
-    "spa_random_selection": ["method.name=spa", "method.spa.selection.rule=random"],
-}
-
 
 @dataclass
 class ComparisonRow:
@@ -59,13 +47,28 @@ class ComparisonRow:
 
 
 def variant_config(base: dict, variant: str, seed: int, output_dir: Path) -> Config:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    overrides = VARIANTS[variant] + [f"train.seed={seed}", f"run.output_dir={output_dir}"]
+    """The config of one row of the table: the registered variant's overrides on the base config."""
+    known = all_variants()
+    if variant not in known:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(known)}")
+    overrides = [*known[variant].overrides, f"train.seed={seed}", f"run.output_dir={output_dir}"]
     config = build_config(apply_overrides(base, overrides))
     # named by variant, seed and config hash: rerunning resumes, changing any setting starts a new folder
     config.run.name = f"{variant}-seed{seed}-{config_digest(config)[:8]}"
     return config
+
+
+def prepare_variants(base: Config, variants: Sequence[str], progress: bool = True) -> PreparedData:
+    """Features, scenario and class texts once for all ``variants``: each method's prepare hook runs once."""
+    if not variants:
+        raise ValueError("no variants to compare")
+    raw = base.model_dump(mode="json")
+    first_of_method: dict[str, Config] = {}
+    for variant in variants:
+        cfg = variant_config(raw, variant, base.train.seed, Path(base.run.output_dir))
+        first_of_method.setdefault(cfg.method.name, cfg)
+    configs = list(first_of_method.values())
+    return prepare_data(configs[0], progress=progress, methods=configs)
 
 
 def run_comparison(base: Config, variants: Sequence[str], seeds: Sequence[int], output_dir: Path,
@@ -75,8 +78,7 @@ def run_comparison(base: Config, variants: Sequence[str], seeds: Sequence[int], 
     output_dir.mkdir(parents=True, exist_ok=True)
     raw = base.model_dump(mode="json")
     write_text_atomic(output_dir / "base_config.yaml", config_to_yaml(base))
-    # descriptions are prepared once for the SPA variants; baselines simply ignore them
-    data = data or prepare_data(variant_config(raw, "spa", seeds[0], output_dir), progress=progress)
+    data = data or prepare_variants(base, variants, progress=progress)
     rows = []
     for variant in variants:
         results, folders = [], []

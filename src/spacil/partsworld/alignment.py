@@ -1,5 +1,5 @@
-"""Pictures of SPA's patch-level alignment: which patches a class's descriptions select, and which
-description phrase each selected patch is transported to."""
+"""Picture of SPA's patch-level alignment: the patches a class's descriptions select, coloured by the
+description phrase each is transported to (from :meth:`SPALearner.alignment`)."""
 
 from __future__ import annotations
 
@@ -7,47 +7,21 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-from ..runs.plots import _pyplot
-from ..spa.learner import SPALearner
-
-
-@torch.no_grad()
-def alignment_for(learner: SPALearner, patches: torch.Tensor, labels: Sequence[int], n_seen: int) -> list[dict]:
-    """Per image: selected patch indices for its true class, the phrase each one is matched to, and its score."""
-    side = learner.class_side(n_seen)
-    adapted = learner.visual(patches.float())
-    score, plan, index = learner.patch_scores(adapted, side)
-    sem = learner.semantic
-    out = []
-    for i, c in enumerate(labels):
-        entry = {"label": int(c), "patches": index[i, c].tolist(), "phrases": [], "weights": []}
-        for j in range(index.shape[2]):
-            if plan is None:  # mean aggregation: match each patch to its most similar token
-                sims = adapted[i, index[i, c, j]] @ side["tokens"][c].T
-                token = int(sims.masked_fill(~side["token_mask"][c], -2).argmax())
-                weight = float("nan")
-            else:
-                token = int(plan[i, c, j].argmax())
-                weight = float(plan[i, c, j].sum())
-            entry["phrases"].append(sem.phrases[c][int(sem.token_phrase[c, token])])
-            entry["weights"].append(weight)
-        entry["patch_score"] = float(score[i, c])
-        out.append(entry)
-    return out
+from ..runs.plots import new_figure
 
 
 def plot_alignment(path: Path, images: Sequence[Image.Image], matches: Sequence[dict], class_names: Sequence[str],
                    predicted: Sequence[int], grid: tuple[int, int], scale: int = 4) -> Path:
     """Images with their selected patches outlined, coloured by the phrase each one is matched to."""
-    plt = _pyplot()
+    from matplotlib import colormaps
     from matplotlib.patches import Rectangle
 
     n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 4.6), dpi=110, squeeze=False)
-    palette = plt.get_cmap("tab10").colors
+    fig = new_figure(figsize=(3.2 * n, 4.6), dpi=110)
+    axes = fig.subplots(1, n, squeeze=False)
+    palette = colormaps["tab10"].colors
     gh, gw = grid
     for ax, img, match, pred in zip(axes[0], images, matches, predicted):
         big = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
@@ -71,5 +45,4 @@ def plot_alignment(path: Path, images: Sequence[Image.Image], matches: Sequence[
                  "OT matches them to", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
     return path

@@ -3,41 +3,47 @@
 1. render parts world (classes that share a global look and differ in local parts) into an image folder,
    with its ground-truth description file; reused when already there;
 2. encode it once with the tiny CLIP pretrained on parts world (shipped with the package);
-3. run SPA, its baselines and ablations on the same features (:mod:`spacil.experiments.compare`);
+3. run every registered method's default variants on the same features (:mod:`spacil.training.compare`);
 4. write a report folder: table, accuracy curves, accuracy-matrix heatmaps and OT alignment pictures.
+
+This module sits on top of the library: it uses its public API, and nothing in the library imports it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+
+from pydantic import Field
 
 from ..config import Config, load_config
-from ..training.harness import prepare_data
-from .compare import ComparisonRow, run_comparison
+from ..methods import default_variants
+from ..schema import StrictModel
+from ..training.compare import ComparisonRow, prepare_variants, run_comparison
+from . import GENERATOR_VERSION, make_class_specs, write_image_folder
 
 logger = logging.getLogger(__name__)
 
-DEMO_VARIANTS = ("zeroshot", "simplecil", "clsonly", "spa", "spa_no_ot", "spa_no_replay", "spa_shared_projector",
-                 "spa_random_selection")
 
+class DemoSettings(StrictModel):
+    """Everything the demo decides besides the run config (which is the ``preset`` plus ``overrides``)."""
 
-@dataclass
-class DemoSettings:
-    output: Path = Path("spacil-demo")
+    output: Path = Field(Path("spacil-demo"), description="Report folder; data, cache and runs go inside.")
     preset: str = "partsworld_demo"
-    overrides: list[str] = field(default_factory=list)
-    variants: Sequence[str] = DEMO_VARIANTS
-    seeds: Sequence[int] = (1993,)
+    overrides: list[str] = Field(default_factory=list, description="--set overrides of the run config.")
+    variants: list[str] = Field(default_factory=default_variants,
+                                description="Comparison rows; default: every method's default variants.")
+    seeds: list[int] = Field(default_factory=lambda: [1993], description="Training seeds (>1: mean ± std).")
+    n_classes: int = Field(50, ge=2, description="Parts-world classes.")
+    n_train: int = Field(60, ge=1, description="Training images per class.")
+    n_test: int = Field(20, ge=1, description="Test images per class.")
+    image_size: int = Field(64, ge=16, description="Rendered image side in pixels.")
+    data_seed: int = Field(0, description="Seed of the class design and the rendering.")
 
 
 def ensure_partsworld(root: Path, n_classes: int, n_train: int, n_test: int, seed: int, size: int) -> Path:
     """Render the parts-world image folder unless the same one is already on disk."""
-    from ..partsworld import GENERATOR_VERSION, make_class_specs, write_image_folder
-
     wanted = {"generator_version": GENERATOR_VERSION, "n_classes": n_classes, "n_train": n_train,
               "n_test": n_test, "seed": seed, "size": size}
     stamp = root / "demo_request.json"
@@ -56,17 +62,15 @@ def demo_config(settings: DemoSettings) -> Config:
                                          f"run.output_dir={settings.output / 'runs'}", *settings.overrides])
 
 
-def run_demo(settings: DemoSettings, n_classes: int = 50, n_train: int = 60, n_test: int = 20, data_seed: int = 0,
-             progress: bool = True) -> tuple[Path, list[ComparisonRow]]:
+def run_demo(settings: DemoSettings, progress: bool = True) -> tuple[Path, list[ComparisonRow]]:
     """Run the whole demo and return the report path and the table rows."""
-    from ..reports.demo_report import write_demo_report
+    from .report import write_demo_report
 
     settings.output.mkdir(parents=True, exist_ok=True)
-    ensure_partsworld(settings.output / "data", n_classes, n_train, n_test, data_seed, size=64)
+    ensure_partsworld(settings.output / "data", settings.n_classes, settings.n_train, settings.n_test,
+                      settings.data_seed, size=settings.image_size)
     base = demo_config(settings)
-    spa_cfg = load_config(settings.preset, [f"data.root={base.data.root}", f"cache.root={base.cache.root}",
-                                            *settings.overrides, "method.name=spa"])
-    data = prepare_data(spa_cfg, progress=progress)
+    data = prepare_variants(base, settings.variants, progress=progress)
     rows = run_comparison(base, settings.variants, settings.seeds, settings.output, data=data, progress=progress)
-    report = write_demo_report(settings.output, base, data, rows)
+    report = write_demo_report(settings.output, base, data, rows, settings.image_size)
     return report, rows

@@ -10,12 +10,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import Config
-from ..experiments.compare import ComparisonRow, comparison_markdown, variant_config
-from ..methods import make_learner
+from ..config import Config, load_config
+from ..data.datasets import load_split
 from ..runs.plots import plot_accuracy_matrix
-from ..runs.run_folder import RunFolder, write_text_atomic
-from ..training.harness import PreparedData, load_rows, task_context
+from ..io import write_text_atomic
+from ..runs.run_folder import RunFolder
+from ..training.compare import ComparisonRow, comparison_markdown
+from ..training.harness import PreparedData, load_rows, restore_learner
+from .alignment import plot_alignment
 
 logger = logging.getLogger(__name__)
 
@@ -36,22 +38,15 @@ def _heatmaps(output: Path, rows: Sequence[ComparisonRow]) -> list[tuple[str, st
     return out
 
 
-def _alignment_picture(output: Path, base: Config, data: PreparedData, row: ComparisonRow,
-                       n_images: int = 6) -> str | None:
-    """OT alignment of a few test images under the final SPA model (loaded from its last checkpoint)."""
-    from ..data.datasets import load_split
-    from .alignment import alignment_for, plot_alignment
-
-    seed = row.seeds[0]
-    run = RunFolder(Path(row.folders[0]))
+def _alignment_picture(output: Path, data: PreparedData, row: ComparisonRow, n_images: int = 6) -> str | None:
+    """OT alignment of a few test images under the final SPA model (restored from its run folder)."""
+    folder = Path(row.folders[0])
     last = data.scenario.n_tasks - 1
-    if not run.checkpoint_path(last).is_file():
+    if not RunFolder(folder).checkpoint_path(last).is_file():
         return None
-    cfg = variant_config(base.model_dump(mode="json"), "spa", seed, output / "runs")
-    learner = make_learner(cfg)
+    cfg = load_config(folder / "config.yaml")
     device = torch.device("cpu")
-    ctx = task_context(cfg, data, last, device)
-    learner.load_trainable_state(run.load_checkpoint(last), ctx)
+    learner = restore_learner(cfg, data, folder, last, device)
     # one image from each of the first few classes of the last groups (classes that differ by parts)
     rows = []
     for label in np.linspace(0, data.scenario.n_classes - 1, n_images).astype(int):
@@ -59,7 +54,7 @@ def _alignment_picture(output: Path, base: Config, data: PreparedData, row: Comp
     batch = load_rows(data.test, np.array(rows), data.test_labels, device)
     order = np.sort(np.array(rows))  # load_rows sorts rows
     predicted = learner.logits(batch, data.scenario.n_classes).argmax(-1).tolist()
-    matches = alignment_for(learner, batch.patches, batch.labels.tolist(), data.scenario.n_classes)
+    matches = learner.alignment(batch.patches, batch.labels.tolist(), data.scenario.n_classes)
     source = load_split(cfg.data.dataset, "test", cfg.data.root)
     index_of = {sid: i for i, sid in enumerate(source.sample_id(i) for i in range(len(source)))}
     images = [source.load(index_of[data.test.sample_ids[r]]) for r in order]
@@ -68,7 +63,8 @@ def _alignment_picture(output: Path, base: Config, data: PreparedData, row: Comp
     return str(path.relative_to(output))
 
 
-def write_demo_report(output: Path, base: Config, data: PreparedData, rows: Sequence[ComparisonRow]) -> Path:
+def write_demo_report(output: Path, base: Config, data: PreparedData, rows: Sequence[ComparisonRow],
+                      image_size: int) -> Path:
     """``report.md`` and ``report.html`` in ``output``; returns the markdown path."""
     (output / "plots").mkdir(exist_ok=True)
     heatmaps = _heatmaps(output, rows)
@@ -76,12 +72,12 @@ def write_demo_report(output: Path, base: Config, data: PreparedData, rows: Sequ
     spa_rows = [r for r in rows if r.variant == "spa"]
     if spa_rows:
         try:
-            alignment = _alignment_picture(output, base, data, spa_rows[0])
+            alignment = _alignment_picture(output, data, spa_rows[0])
         except Exception as exc:  # noqa: BLE001 - a picture must never cost the report
             logger.warning("alignment picture not written: %s", exc)
     sc = data.scenario
     setup = (f"Parts world: {sc.n_classes} classes in {sc.n_tasks} tasks {list(sc.task_sizes)}; "
-             f"{len(data.train)} training and {len(data.test)} test images (64x64); backbone `{base.backbone.name}`; "
+             f"{len(data.train)} training and {len(data.test)} test images ({image_size}x{image_size}); backbone `{base.backbone.name}`; "
              f"seeds {', '.join(map(str, rows[0].seeds))}. Descriptions: {data.descriptions['source'] if data.descriptions else '-'}.")
     table = comparison_markdown(rows)
     md = ["# spacil demo: SPA on parts world", "", setup, "", "## Results", "", table,

@@ -1,0 +1,94 @@
+"""SPA's config section (``method.spa``): every choice where the paper is silent is a field here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ...schema import StrictModel
+
+
+class SemanticTokenConfig(StrictModel):
+    """Which text features stand for a class on the patch-level side."""
+
+    kind: Literal["phrase", "word", "phrase+word"] = Field(
+        "phrase",
+        description="'phrase': one token per description phrase (its projected [EOS]); 'word': the projected "
+        "word-token outputs of every phrase; 'phrase+word': both.",
+    )
+    phrase_template: str = Field(
+        "{phrase}", description="How a phrase is put to the text encoder; may use {phrase} and {name}."
+    )
+
+    @field_validator("phrase_template")
+    @classmethod
+    def _has_phrase(cls, v: str) -> str:
+        if "{phrase}" not in v:
+            raise ValueError("phrase_template needs a '{phrase}' slot")
+        return v
+
+
+class SelectionConfig(StrictModel):
+    """Description-guided choice of the patch tokens an image contributes to a class's score."""
+
+    rule: Literal["description", "token_max", "random", "all"] = Field(
+        "description",
+        description="Relevance of a patch to class c: 'description' = cosine to c's mean description embedding, "
+        "'token_max' = max cosine over c's semantic tokens; 'random' (ablation) ignores relevance; 'all' keeps every patch.",
+    )
+    k: int = Field(16, ge=1, description="Patches kept per (image, class); clipped to the number of patches.")
+    eval_seed: int = Field(0, description="Seed of the generator that rule=random draws from when scoring "
+                           "(fixed, so evaluating a checkpoint twice gives the same predictions).")
+
+
+class OTConfig(StrictModel):
+    """Entropic optimal transport between selected patches and semantic tokens."""
+
+    aggregation: Literal["ot", "mean"] = Field(
+        "ot", description="'ot': transport-weighted similarity; 'mean' (ablation): cosine of mean-pooled patches and tokens."
+    )
+    eps: float = Field(0.1, gt=0, description="Entropic regularisation (cost = 1 - cosine).")
+    iterations: int = Field(30, ge=1, description="Fixed Sinkhorn iterations (no convergence check, no host sync).")
+    detach_plan: bool = Field(True, description="Gradient only through the similarities, not the iterations.")
+
+
+class ProjectorConfig(StrictModel):
+    """Lightweight trainable adapters on top of the frozen features."""
+
+    per_task: bool = Field(True, description="A new projector per task, older ones frozen; false = one shared projector.")
+    hidden_dim: int = Field(256, ge=1, description="Bottleneck width of each residual projector.")
+    text: bool = Field(True, description="Also adapt the text side (class and semantic-token embeddings).")
+
+
+class ReplayConfig(StrictModel):
+    """Gaussian old-class calibration: pseudo-features sampled from stored class statistics."""
+
+    enabled: bool = True
+    shrinkage: float = Field(0.1, ge=0, le=1, description="Covariance shrinkage towards a scaled identity.")
+    samples_per_class: int = Field(32, ge=1, description="Pseudo-features drawn per old class and epoch.")
+    patch_mode: Literal["none", "selected_tokens"] = Field(
+        "selected_tokens",
+        description="Patch branch replay: 'selected_tokens' models each class's description-selected patch tokens "
+        "with a Gaussian and samples pseudo patch sets; 'none' replays global features only.",
+    )
+    loss_weight: float = Field(1.0, ge=0)
+
+
+class SPAConfig(StrictModel):
+    """SPA: global [CLS]-text alignment plus description-guided patch-level OT alignment."""
+
+    patch_branch: bool = Field(True, description="false = the CLS-only variant (global branch alone).")
+    fusion_weight: float = Field(1.0, ge=0, description="Patch score weight in logit = scale * (global + w * patch).")
+    prototype_weight: float = Field(
+        1.0, ge=0, description="Weight of the visual-prototype term in the global score (cosine of the adapted image "
+        "to the adapted class mean of frozen features, as in PROOF); 0 = text prompts only.")
+    logit_scale: float = Field(20.0, gt=0)
+    sampling_seed_offset: int = Field(
+        1, description="The device generator (pseudo-features, random selection in training) is seeded with the "
+        "task seed plus this offset, so its stream differs from the CPU generator that shuffles.")
+    semantic: SemanticTokenConfig = Field(default_factory=SemanticTokenConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    ot: OTConfig = Field(default_factory=OTConfig)
+    projector: ProjectorConfig = Field(default_factory=ProjectorConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)

@@ -1,0 +1,69 @@
+"""The RanPAC-style baseline: learns incrementally above chance, resumes exactly, and is registered."""
+
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from spacil.cli import app
+from spacil.config import load_config
+from spacil.methods import FeatureBatch, RanPAC, TaskContext, all_variants, default_variants, get_method
+from spacil.methods.ranpac import RanPACConfig
+from spacil.text.class_texts import ClassTexts
+
+DIM, N_CLASSES = 16, 8
+
+
+def _data(seed: int, per_class: int = 30) -> FeatureBatch:
+    """Class centres on a shared offset (like CLIP features of one domain) plus noise."""
+    centres = torch.randn(N_CLASSES, DIM, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(N_CLASSES).repeat_interleave(per_class)
+    glob = 3.0 + centres[labels] + 0.8 * torch.randn(len(labels), DIM, generator=g)
+    return FeatureBatch(glob, torch.zeros(len(labels), 1, DIM), labels)
+
+
+def _ctx(task: int, texts: ClassTexts) -> TaskContext:
+    return TaskContext(task, range(4 * task, 4 * task + 4), 4 * task + 4, texts, torch.device("cpu"), seed=10 + task)
+
+
+def _learn(learner: RanPAC, train: FeatureBatch, texts: ClassTexts, tasks=(0, 1)) -> None:
+    for task in tasks:
+        rows = torch.isin(train.labels, torch.tensor(list(_ctx(task, texts).new_classes)))
+        learner.learn_task(_ctx(task, texts), train.index(rows))
+
+
+def _accuracy(learner: RanPAC, batch: FeatureBatch, n_seen: int) -> float:
+    keep = batch.labels < n_seen
+    return float((learner.logits(batch.index(keep), n_seen).argmax(-1) == batch.labels[keep]).float().mean())
+
+
+def test_learns_every_task_far_above_chance_and_keeps_old_classes():
+    texts = ClassTexts([f"c{i}" for i in range(N_CLASSES)], F.normalize(torch.randn(N_CLASSES, DIM), dim=-1))
+    train, test = _data(1), _data(2)
+    learner = RanPAC(RanPACConfig(projection_dim=256))
+    _learn(learner, train, texts, tasks=(0,))
+    assert _accuracy(learner, test, 4) > 0.8  # chance: 0.25
+    _learn(learner, train, texts, tasks=(1,))
+    assert _accuracy(learner, test, 8) > 0.7  # chance: 0.125
+    old = test.index(test.labels < 4)
+    assert float((learner.logits(old, 8).argmax(-1) == old.labels).float().mean()) > 0.6
+    assert all(lam in learner.config.ridge_grid for lam in learner.ridges)
+
+
+def test_checkpoint_restores_the_same_scores():
+    texts = ClassTexts([f"c{i}" for i in range(N_CLASSES)], F.normalize(torch.randn(N_CLASSES, DIM), dim=-1))
+    learner = RanPAC(RanPACConfig(projection_dim=64, ridge=1.0))
+    _learn(learner, _data(1), texts)
+    restored = RanPAC(RanPACConfig(projection_dim=64, ridge=1.0))
+    restored.load_trainable_state(learner.trainable_state(), _ctx(1, texts))
+    assert torch.equal(restored.logits(_data(2), 8), learner.logits(_data(2), 8))
+
+
+def test_registered_in_config_compare_and_info():
+    entry = get_method("ranpac")
+    assert entry.learner is RanPAC and entry.config is RanPACConfig
+    assert "ranpac" in default_variants() and all_variants()["ranpac"].overrides == ("method.name=ranpac",)
+    cfg = load_config(None, ["method.name=ranpac", "method.ranpac.projection_dim=32"])
+    assert cfg.method.ranpac.projection_dim == 32
+    result = CliRunner().invoke(app, ["info"])
+    assert result.exit_code == 0 and "ranpac" in result.output and "method.name=ranpac" in result.output
