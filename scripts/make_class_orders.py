@@ -24,6 +24,7 @@ PROTOCOL_CLASS_COUNTS = {
     "sun397": 300,
 }
 SEED = 1993
+SOURCE = ("PyCIL (github.com/G-U-N/PyCIL) and PROOF (github.com/zhoudw-zdw/PROOF): utils/data_manager.py shuffles class indices with np.random.seed(1993); np.random.permutation(n)")
 
 
 def main() -> None:
@@ -36,6 +37,7 @@ def main() -> None:
             "n_classes": n,
             "seed": SEED,
             "recipe": f"np.random.seed({SEED}); np.random.permutation({n})",
+            "source": SOURCE,
             "order": order,
         }
         (out / f"{dataset}.json").write_text(json.dumps(doc) + "\n")

@@ -1,4 +1,5 @@
-"""Write one preset per protocol split (DESIGN.md): B0 and B-half splits of the nine datasets.
+"""Write one preset per protocol split: B0 and B-half splits of the nine datasets, as in the PROOF
+repository's experiment configs (github.com/zhoudw-zdw/PROOF, ``exps/*.json``).
 
 Rerun after changing the table: ``python scripts/make_presets.py``.
 """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -11,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from spacil.cli import app
+from spacil.data import convert as convert_dataset
 from spacil.data import protocol
 from spacil.data.check import check_dataset
 from spacil.data.datasets import BadImageError, DatasetError, ImageFolderSource
@@ -22,14 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGE_FOLDER_KEYS = [k for k, s in PROTOCOL_DATASETS.items() if s.image_folder]
 
 
-def _convert_module():
-    spec = importlib.util.spec_from_file_location("convert_dataset", ROOT / "scripts" / "convert_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_dataset = _convert_module()
 
 
 def save_image(path: Path, seed: int, size: int = 8, fmt: str | None = None, mode: str = "RGB") -> Path:
@@ -85,7 +79,7 @@ def test_class_lists_follow_their_official_order():
 
 
 def test_sun_merged_scenes_are_consistent_with_the_397_categories():
-    categories = convert_dataset._shipped_file("sun397.txt")
+    categories = convert_dataset.shipped_list("sun397.txt")
     merged = shipped_class_names("sun397")
     assert len(categories) == 397 and len(merged) == 362 and merged == sorted(merged)
     parent = {}
@@ -300,7 +294,9 @@ def test_convert_food101(tmp_path, monkeypatch):
     (src / "meta" / "train.txt").write_text("\n".join(train) + "\n")
     (src / "meta" / "test.txt").write_text("\n".join(test) + "\n")
     dst = tmp_path / "food101"
-    assert convert_dataset.main(["food101", str(src), str(dst), "--link", "copy"]) == 0
+    result = CliRunner().invoke(app, ["data", "convert", "food101", str(src), str(dst), "--link", "copy"])
+    assert result.exit_code == 0, result.output
+    assert "next: spa-cil data check" in result.output
     source = load_protocol_split("food101", "test", dst)
     assert [source.sample_id(i) for i in range(3)] == [f"test/{n}/{100 * c + 2}.jpg" for c, n in enumerate(names[:3])]
     assert len(load_protocol_split("food101", "train", dst)) == 6
@@ -322,7 +318,7 @@ def _expected_split(counts: list[int], seed: int, fraction: float) -> list[set[i
 
 def test_convert_imagenet_r_renames_wordnet_folders_and_splits_80_20(tmp_path, monkeypatch):
     shrink(monkeypatch, "imagenet_r", 3)
-    wnids = convert_dataset._shipped_file("imagenet_r_wnids.txt")
+    wnids = convert_dataset.shipped_list("imagenet_r_wnids.txt")
     names = protocol_class_names("imagenet_r")
     src = tmp_path / "imagenet-r"
     counts = [5, 7, 11]

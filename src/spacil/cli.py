@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from .config import ConfigError, list_presets, load_config
+from .descriptions.fileformat import MAX_PHRASES, MIN_PHRASES
 from .methods import all_variants, default_variants, list_methods
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -87,7 +88,7 @@ def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
     into the same cache entry a single process writes.
     """
     from .backbone import load_backbone
-    from .data.datasets import load_split
+    from .data.catalog import load_split
     from .features import FeatureCache
     from .features.distributed import dist_env, get_features_distributed, rank_device, shutdown_distributed
 
@@ -185,11 +186,36 @@ def data_check(path: Path = typer.Argument(..., help="Dataset folder (root/train
     raise typer.Exit(code=0 if report.ok else 1)
 
 
+@data_app.command("convert")
+def data_convert(dataset: str = typer.Argument(..., help="cub200, food101, imagenet_r, objectnet, aircraft, sun397 "
+                                                         "or cars."),
+                 src: Path = typer.Argument(..., help="The extracted official release."),
+                 dst: Path = typer.Argument(..., help="New folder for the protocol layout."),
+                 link: str = typer.Option("hardlink", help="hardlink, copy or symlink."),
+                 seed: int = typer.Option(1993, help="Split seed (ImageNet-R, ObjectNet)."),
+                 test_fraction: float = typer.Option(0.2, help="Test share per class (ImageNet-R, ObjectNet)."),
+                 partition: int = typer.Option(1, help="SUN397 partition number (1..10).")) -> None:
+    """Convert an official dataset release into the train/test folder layout of the protocol."""
+    from .data.convert import ConversionError, convert
+
+    try:
+        if link not in {"hardlink", "copy", "symlink"}:
+            raise ValueError("--link must be hardlink, copy or symlink")
+        summary = convert(dataset, src, dst, link, seed, test_fraction, partition)
+    except (ConversionError, *USER_ERRORS) as exc:
+        _fail(exc)
+    counts = summary["counts"]
+    typer.echo(f"{dataset}: {counts.get('train', 0)} train / {counts.get('test', 0)} test images of "
+               f"{summary['n_classes']} classes -> {dst} "
+               f"({', '.join(f'{n} {m}' for m, n in summary['files'].items())})")
+    typer.echo(f"next: spa-cil data check {dst} --dataset {dataset}")
+
+
 @app.command()
 def info() -> None:
     """List backbones, datasets, presets, shipped class orders, methods and their variants."""
     from .backbone.registry import ALIASES
-    from .data.datasets import list_datasets
+    from .data.catalog import list_datasets
     from .data.scenario import shipped_class_order_datasets
 
     typer.echo("backbones (also ARCH@TAG, ARCH@/path/to/weights, ARCH@random for any open_clip model):")
@@ -220,7 +246,7 @@ def describe(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = S
              n_representative: int = typer.Option(3, min=0, help="Images nearest the class centre."),
              n_diverse: int = typer.Option(2, min=0, help="Farthest-point images."),
              selection: str = typer.Option("centroid", help="Representative rule: centroid or kmeans."),
-             min_phrases: int = typer.Option(5, min=1), max_phrases: int = typer.Option(10, min=1),
+             min_phrases: int = typer.Option(MIN_PHRASES, min=1), max_phrases: int = typer.Option(MAX_PHRASES, min=1),
              json_mode: bool = typer.Option(True, help="Ask for response_format=json_object (disable for servers "
                                             "that reject it)."),
              max_attempts: int = typer.Option(5, min=1, help="Tries per class (backoff on 429, timeouts, 5xx)."),

@@ -173,30 +173,3 @@ def load_cifar100(root: Path, split: str, download: bool) -> ArraySource:
             "or place the extracted 'cifar-100-python' folder there"
         ) from None
     return ArraySource(np.asarray(ds.data), np.asarray(ds.targets), list(ds.classes), "cifar100", split)
-
-
-def load_split(dataset: str, split: str, root: Path | str | None = None, download: bool = False) -> ImageSource:
-    """Load one split of a registered dataset."""
-    if split not in {"train", "test"}:
-        raise DatasetError(f"unknown split {split!r}; expected 'train' or 'test'")
-    from .protocol import PROTOCOL_DATASETS, load_protocol_split  # protocol.py imports this module
-
-    if dataset in PROTOCOL_DATASETS:
-        return load_protocol_split(dataset, split, root, download)
-    if dataset in IMAGE_FOLDER_DATASETS:
-        base = default_root(dataset, root)
-        if not base.is_dir():
-            raise DatasetError(f"{dataset}: dataset folder {base} does not exist")
-        return ImageFolderSource(base, split, dataset=dataset)
-    raise DatasetError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(list_datasets()))}")
-
-
-#: Datasets read from a generic image-folder layout (the protocol datasets live in :mod:`.protocol`).
-IMAGE_FOLDER_DATASETS = {"image_folder": "generic root/{train,test}/<class>/<images> folder"}
-
-
-def list_datasets() -> dict[str, str]:
-    """Dataset keys and a one-line description each."""
-    from .protocol import protocol_datasets
-
-    return {**protocol_datasets(), **IMAGE_FOLDER_DATASETS}

@@ -17,7 +17,7 @@ UCF-101 drops ``YoYo`` (last), Cars keeps devkit classes 1..100, ObjectNet keeps
 sub-categories* (``apartment_building/outdoor`` -> ``apartment_building``), which is why SUN reads
 ``sun397_merged.txt`` rather than the 397-line ``sun397.txt``.
 
-How to convert each official release into this layout: ``docs/datasets.md`` and ``scripts/convert_dataset.py``.
+How to convert each official release into this layout: ``docs/datasets.md`` and :mod:`spacil.data.convert` (``spa-cil data convert``).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from .generator import (
     parse_answer,
 )
 from .guidance import GuidanceSelection, select_guidance, spherical_kmeans
-from .prompt import PROMPT_VERSION, build_prompt, display_name
+from .prompt import PROMPT_VERSION, build_prompt
 
 __all__ = [
     "FORMAT", "VERSION", "MIN_PHRASES", "MAX_PHRASES", "MAX_WORDS",
@@ -51,7 +51,7 @@ __all__ = [
     "load_description_file", "parse_description_text", "render_document", "save_description_file",
     "load_shipped", "shipped_dataset_keys",
     "GuidanceSelection", "select_guidance", "spherical_kmeans",
-    "PROMPT_VERSION", "build_prompt", "display_name",
+    "PROMPT_VERSION", "build_prompt",
     "CacheEntry", "ClassImages", "DescriptionGenerationError", "DescriptionGenerator", "GenerationParameters",
     "GenerationSummary", "InvalidAnswer", "ProgressEvent", "append_cache", "cache_key", "encode_image",
     "export_description_file", "load_cache", "parse_answer",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..io import write_text_atomic
+from ..names import comparable
 
 logger = logging.getLogger(__name__)
 
@@ -65,18 +66,14 @@ def verify_checksum(doc: Mapping[str, Any]) -> bool:
     return doc.get("checksum") == compute_checksum(doc.get("classes", []))
 
 
-def _plain(text: str) -> str:
-    return " ".join(text.replace("_", " ").replace("-", " ").casefold().split())
-
-
 def is_only_class_name(phrase: str, class_name: str) -> bool:
     """Whether ``phrase`` says nothing but the class name (ignoring case, ``_``/``-``, a leading article, a dot)."""
-    p = _plain(phrase).rstrip(".").strip()
+    p = comparable(phrase).rstrip(".").strip()
     for article in _ARTICLES:
         if p.startswith(article):
             p = p[len(article):]
             break
-    return p == _plain(class_name)
+    return p == comparable(class_name)
 
 
 def phrase_violations(class_name: str, phrases: Any) -> list[Violation]:
@@ -216,7 +213,7 @@ class DescriptionSet:
         """
         if name in self.classes:
             return list(self.classes[name])
-        hits = [n for n in self.classes if _plain(n) == _plain(name)]
+        hits = [n for n in self.classes if comparable(n) == comparable(name)]
         return list(self.classes[hits[0]]) if len(hits) == 1 else None
 
     def to_document(self) -> dict[str, Any]:

@@ -44,7 +44,8 @@ class DescribeSettings:
 def guidance_requests(config: Config, settings: DescribeSettings, progress: bool = True) -> list[ClassImages]:
     """Per class, the guidance images (file paths where the dataset has files, else PIL images)."""
     from ..backbone import load_backbone
-    from ..data.datasets import ImageFolderSource, load_split
+    from ..data.catalog import load_split
+    from ..data.datasets import ImageFolderSource
     from ..features import FeatureCache, get_features
 
     source = load_split(config.data.dataset, "train", config.data.root, config.data.download)

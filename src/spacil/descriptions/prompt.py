@@ -6,16 +6,14 @@ generator's cache key and every description file's provenance record it.
 
 from __future__ import annotations
 
+from ..names import readable
+from .fileformat import MAX_WORDS
+
 PROMPT_VERSION = "v1"
 
 
-def display_name(class_name: str) -> str:
-    """Dataset label to words for the LLM: ``Black_footed_Albatross`` -> ``Black footed Albatross``."""
-    return " ".join(class_name.replace("_", " ").split())
-
-
 def build_prompt(class_name: str, dataset_hint: str | None, min_phrases: int, max_phrases: int,
-                 max_words: int = 12, n_images: int | None = None) -> str:
+                 max_words: int = MAX_WORDS, n_images: int | None = None) -> str:
     """The user message asking for strict JSON ``{"phrases": [...]}`` of short visual-cue phrases.
 
     ``dataset_hint`` (e.g. "CUB-200 birds") tells the model the domain, so it describes the cues that
@@ -25,7 +23,7 @@ def build_prompt(class_name: str, dataset_hint: str | None, min_phrases: int, ma
         raise ValueError(f"need 1 <= min_phrases <= max_phrases, got {min_phrases}, {max_phrases}")
     if max_words < 1:
         raise ValueError("max_words must be >= 1")
-    name = display_name(class_name)
+    name = readable(class_name)
     if n_images is None:
         seen = "The attached images"
     else:

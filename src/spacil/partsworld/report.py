@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config import Config, load_config
-from ..data.datasets import load_split
+from ..data.catalog import load_split
 from ..runs.plots import plot_accuracy_matrix
 from ..io import write_text_atomic
 from ..runs.run_folder import RunFolder

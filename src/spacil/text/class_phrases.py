@@ -14,7 +14,7 @@ from typing import Sequence
 
 from ..config import Config
 from ..descriptions import DescriptionSet, fallback_phrases, load_description_file, load_shipped, shipped_dataset_keys
-from .class_texts import readable
+from ..names import readable
 
 logger = logging.getLogger(__name__)
 

@@ -11,16 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..backbone import FrozenCLIP
+from ..names import readable
 
 if TYPE_CHECKING:
     from .semantic_tokens import SemanticTokens
 
 logger = logging.getLogger(__name__)
-
-
-def readable(name: str) -> str:
-    """Dataset folder names to words: ``aquarium_fish`` -> ``aquarium fish``."""
-    return name.replace("_", " ").strip()
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..backbone import FrozenCLIP
-from .class_texts import readable
+from ..names import readable
 
 
 @dataclass

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..backbone import FrozenCLIP, load_backbone, pick_device
 from ..config import Config
-from ..data.datasets import load_split
+from ..data.catalog import load_split
 from ..data.scenario import Scenario, build_scenario, resolve_class_order
 from ..evaluation.metrics import IncrementalMetrics, StageResult, evaluate_stage, stage_from_row
 from ..features import FeatureCache, FeatureSet, get_features

@@ -1,36 +1,32 @@
-#!/usr/bin/env python
 """Convert an official dataset release into the protocol layout that spacil reads (docs/datasets.md).
 
-    python scripts/convert_dataset.py cub200     SRC DST   # CUB_200_2011/ (images.txt, train_test_split.txt, ...)
-    python scripts/convert_dataset.py food101    SRC DST   # food-101/ (meta/, images/)
-    python scripts/convert_dataset.py imagenet_r SRC DST   # imagenet-r/ (one folder per WordNet id)
-    python scripts/convert_dataset.py objectnet  SRC DST   # objectnet-1.0/ (images/<class>/)
-    python scripts/convert_dataset.py aircraft   SRC DST   # fgvc-aircraft-2013b/ (data/images_variant_*.txt)
-    python scripts/convert_dataset.py sun397     SRC DST   # folder holding SUN397/ and Partitions/
-    python scripts/convert_dataset.py cars       SRC DST   # folder holding cars_train/, cars_test/, devkit/
+    spa-cil data convert cub200     SRC DST   # CUB_200_2011/ (images.txt, train_test_split.txt, ...)
+    spa-cil data convert food101    SRC DST   # food-101/ (meta/, images/)
+    spa-cil data convert imagenet_r SRC DST   # imagenet-r/ (one folder per WordNet id)
+    spa-cil data convert objectnet  SRC DST   # objectnet-1.0/ (images/<class>/)
+    spa-cil data convert aircraft   SRC DST   # fgvc-aircraft-2013b/ (data/images_variant_*.txt)
+    spa-cil data convert sun397     SRC DST   # folder holding SUN397/ and Partitions/
+    spa-cil data convert cars       SRC DST   # folder holding cars_train/, cars_test/, devkit/
 
 DST receives ``train/<class>/<image>``, ``test/<class>/<image>``, ``classes.txt`` (the protocol's classes in
 label order) and ``conversion.json`` (rule, seed, counts). Images are hard-linked when SRC and DST share a
 file system (no extra disk), copied otherwise (``--link copy`` forces copies, ``--link symlink`` links).
 Only the protocol's classes are written. UCF-101 needs a video decoder: see docs/datasets.md.
-Run with the package importable (``pip install -e .`` or ``PYTHONPATH=src``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 from collections import defaultdict
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from spacil.data.datasets import IMAGE_EXTENSIONS
-from spacil.data.protocol import protocol_class_names, protocol_spec, shipped_class_names
+from .datasets import IMAGE_EXTENSIONS
+from .protocol import protocol_class_names, protocol_spec, shipped_class_names
 
 
 class ConversionError(RuntimeError):
@@ -52,7 +48,7 @@ def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
 
 
-def _shipped_file(name: str) -> list[str]:
+def shipped_list(name: str) -> list[str]:
     """A raw shipped list (files that are not a dataset's class list, e.g. the ImageNet-R WordNet ids)."""
     path = resources.files("spacil.data.class_names") / name
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -193,7 +189,7 @@ def convert_food101(src: Path) -> tuple[list[Item], dict]:
 
 def convert_imagenet_r(src: Path, seed: int, test_fraction: float) -> tuple[list[Item], dict]:
     """ImageNet-R: one folder per WordNet id; renamed to our class names, split 80/20 per class."""
-    wnids = _shipped_file("imagenet_r_wnids.txt")  # line i = WordNet id of imagenet_r.txt line i
+    wnids = shipped_list("imagenet_r_wnids.txt")  # line i = WordNet id of imagenet_r.txt line i
     names = shipped_class_names("imagenet_r")
     if len(wnids) != len(names):
         raise ConversionError("imagenet_r: imagenet_r_wnids.txt and imagenet_r.txt have different lengths")
@@ -258,7 +254,7 @@ def convert_sun397(src: Path, partition: int) -> tuple[list[Item], dict]:
 
 def _check_sun(official: list[str]) -> None:
     as_folders = ["_".join(p.strip("/").split("/")[1:]) for p in official]
-    if as_folders != _shipped_file("sun397.txt"):
+    if as_folders != shipped_list("sun397.txt"):
         raise ConversionError("sun397: SUN397/ClassName.txt does not match spacil/data/class_names/sun397.txt")
 
 
@@ -289,7 +285,7 @@ def convert_cars(src: Path) -> tuple[list[Item], dict]:
     return items, {"rule": "official devkit train / test annotations (class ids 1..100)"}
 
 
-# ------------------------------------------------------------------------------------------------ command
+# ------------------------------------------------------------------------------------------------ entry point
 def convert(key: str, src: Path, dst: Path, link: str = "hardlink", seed: int = 1993, test_fraction: float = 0.2,
             partition: int = 1) -> dict:
     """Convert release ``src`` of dataset ``key`` into ``dst``; returns the conversion summary."""
@@ -316,28 +312,3 @@ def convert(key: str, src: Path, dst: Path, link: str = "hardlink", seed: int = 
 
 
 CONVERTERS = ("cub200", "food101", "imagenet_r", "objectnet", "aircraft", "sun397", "cars")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", choices=CONVERTERS)
-    parser.add_argument("src", type=Path, help="the extracted official release")
-    parser.add_argument("dst", type=Path, help="new folder for the protocol layout")
-    parser.add_argument("--link", choices=["hardlink", "copy", "symlink"], default="hardlink")
-    parser.add_argument("--seed", type=int, default=1993, help="split seed (ImageNet-R, ObjectNet)")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="test share per class (ImageNet-R, ObjectNet)")
-    parser.add_argument("--partition", type=int, default=1, help="SUN397 partition number (1..10)")
-    args = parser.parse_args(argv)
-    try:
-        summary = convert(args.dataset, args.src, args.dst, args.link, args.seed, args.test_fraction, args.partition)
-    except ConversionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.dataset}: {summary['counts'].get('train', 0)} train / {summary['counts'].get('test', 0)} test images "
-          f"of {summary['n_classes']} classes -> {args.dst} ({', '.join(f'{n} {m}' for m, n in summary['files'].items())})")
-    print(f"next: spa-cil data check {args.dst} --dataset {args.dataset}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
