@@ -67,3 +67,18 @@ def test_registered_in_config_compare_and_info():
     assert cfg.method.ranpac.projection_dim == 32
     result = CliRunner().invoke(app, ["info"])
     assert result.exit_code == 0 and "ranpac" in result.output and "method.name=ranpac" in result.output
+
+
+def test_runs_in_compare_and_resumes_from_its_checkpoints(image_folder, tmp_path):
+    from spacil.training.compare import run_comparison
+    from spacil.training.harness import evaluate_run
+
+    base = load_config(None, [f"data.root={image_folder}", "data.init_cls=2", "data.increment=2",
+                              f"cache.root={tmp_path / 'cache'}", "backbone.num_workers=0", "run.plots=false",
+                              "method.ranpac.projection_dim=64"])
+    rows = run_comparison(base, ["simplecil", "ranpac"], [1993], tmp_path / "cmp", progress=False)
+    assert [r.variant for r in rows] == ["simplecil", "ranpac"]
+    ranpac = rows[1]
+    assert ranpac.last[0] > 25  # 4 colour classes: chance is 25%
+    again = evaluate_run(ranpac.folders[0], progress=False)
+    assert again.stage_accuracies == ranpac.stage_accuracies[0]
