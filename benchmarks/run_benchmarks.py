@@ -270,7 +270,7 @@ def _dense_ot_problems(b: int, c: int, m: int, n: int, seed: int = 0):
 
 
 def bench_ot_protocol(args, sizes: tuple[tuple[int, int], ...] = ((16, 8), (32, 32)), eps: float = 0.1,
-                      iters: int = 30, loop_subset: int = 256) -> dict:
+                      iters: int = 30, loop_subset: int = 256, threads: int | None = None) -> dict:
     """Batched Sinkhorn plans at the protocol's sizes: B=64 images x C=100 classes = 6,400 problems of
     k x N (k=16 selected patches x N=8 semantic tokens, and 32 x 32), eps 0.1, 30 iterations, CPU float32.
 
@@ -279,7 +279,19 @@ def bench_ot_protocol(args, sizes: tuple[tuple[int, int], ...] = ((16, 8), (32, 
     solver ``ot.batch.solve_batch(method="log_sinkhorn", tol=0)`` on the same torch tensors and iterations, and
     a per-pair POT loop (``ot.sinkhorn`` per problem, numpy) timed on ``loop_subset`` problems and
     extrapolated to all of them. Plans are compared by max abs difference against POT's batched plans.
+    ``threads`` sets torch's intra-op threads for this section only (e.g. 1 on a shared, oversubscribed
+    machine, where spinning OpenMP workers make small batched ops erratic); None keeps the current setting.
     """
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _bench_ot_protocol(args, sizes, eps, iters, loop_subset)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _bench_ot_protocol(args, sizes, eps, iters, loop_subset) -> dict:
     try:
         import ot as pot
         import ot.batch  # noqa: F401
@@ -407,6 +419,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--quick", action="store_true", help="smaller problems (smoke test)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile Sinkhorn")
+    parser.add_argument("--ot-threads", type=int, default=0,
+                        help="torch threads for the OT protocol-size section (0: leave as is)")
     args = parser.parse_args()
     results = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick}
@@ -415,7 +429,7 @@ def main() -> None:
                  ("forwards", lambda: bench_forwards_per_run(args, Path(tmp))),
                  ("memory", lambda: bench_backward_memory(args)), ("convergence", lambda: bench_convergence(args)),
                  ("throughput", lambda: bench_throughput(args, Path(tmp))),
-                 ("ot_protocol", lambda: bench_ot_protocol(args))]
+                 ("ot_protocol", lambda: bench_ot_protocol(args, threads=args.ot_threads or None))]
         for name, step in steps:
             start = time.perf_counter()
             results[name] = step()
