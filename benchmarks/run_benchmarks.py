@@ -9,6 +9,8 @@ Writes ``results.json`` and ``results.md`` (a table with each goal and PASS/MISS
 4. memory saved for backward by the OT score at 50 vs 10 iterations (plan detached);
 5. convergence of the default iteration count against a 1000-iteration solve;
 6. training throughput on cached features, extraction throughput, and GPU extraction when a GPU is present.
+7. OT at the protocol's problem sizes: our Sinkhorn (auto/log domain, compiled) vs POT's batched solver and a
+   per-pair POT loop.
 Timings use the median of repeats after a warm-up. No assertion here: the table reports MISS honestly.
 """
 
@@ -254,6 +256,130 @@ def bench_throughput(args, workdir: Path) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------------------------------------------
+# OT at the protocol's problem sizes: our solver (auto domain, log domain, compiled) vs POT, one run (issue 13)
+# --------------------------------------------------------------------------------------------------------------
+
+def _dense_ot_problems(b: int, c: int, m: int, n: int, seed: int = 0):
+    """B x C problems of m unit patch vectors vs n unit token vectors (D=64), uniform masses, no padding:
+    POT's batched solver is not padding-invariant before convergence, so plans are compared without padding."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.normalize(torch.randn(b, c, m, 64, generator=g), dim=-1)
+    y = F.normalize(torch.randn(c, n, 64, generator=g), dim=-1)
+    sim = torch.einsum("bcmd,cnd->bcmn", x, y)
+    return sim, torch.full((b, c, m), 1.0 / m), torch.full((1, c, n), 1.0 / n).expand(b, c, n)
+
+
+def bench_ot_protocol(args, sizes: tuple[tuple[int, int], ...] = ((16, 8), (32, 32)), eps: float = 0.1,
+                      iters: int = 30, loop_subset: int = 256, threads: int | None = None) -> dict:
+    """Batched Sinkhorn plans at the protocol's sizes: B=64 images x C=100 classes = 6,400 problems of
+    k x N (k=16 selected patches x N=8 semantic tokens, and 32 x 32), eps 0.1, 30 iterations, CPU float32.
+
+    Timed in this one run (median of repeats): ours with ``domain="auto"`` (exp domain here), ours in the log
+    domain, ours through ``torch.compile`` (with ``--compile``; compile time reported apart), POT's batched
+    solver ``ot.batch.solve_batch(method="log_sinkhorn", tol=0)`` on the same torch tensors and iterations, and
+    a per-pair POT loop (``ot.sinkhorn`` per problem, numpy) timed on ``loop_subset`` problems and
+    extrapolated to all of them. Plans are compared by max abs difference against POT's batched plans.
+    ``threads`` sets torch's intra-op threads for this section only (e.g. 1 on a shared, oversubscribed
+    machine, where spinning OpenMP workers make small batched ops erratic); None keeps the current setting.
+    """
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _bench_ot_protocol(args, sizes, eps, iters, loop_subset)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _bench_ot_protocol(args, sizes, eps, iters, loop_subset) -> dict:
+    try:
+        import ot as pot
+        import ot.batch  # noqa: F401
+    except ImportError:
+        return {"error": "POT (ot) with ot.batch is not installed"}
+    import warnings
+
+    from spacil.ot import choose_domain, sinkhorn_plan
+
+    b, c = (16, 25) if args.quick else (64, 100)
+    out = {"setting": f"B={b} x C={c} = {b * c} problems, eps={eps}, {iters} iterations, float32, "
+                      f"{torch.get_num_threads()} threads, device cpu", "sizes": {}}
+    for m, n in sizes:
+        sim, a, bm = _dense_ot_problems(b, c, m, n)
+        cost = 1 - sim
+        domain = choose_domain(eps, 2.0)
+        ours = lambda: sinkhorn_plan(cost, a, bm, eps, iters, "auto", cost_range=2.0)  # noqa: E731
+        log = lambda: sinkhorn_plan(cost, a, bm, eps, iters, "log")  # noqa: E731
+        flat = (cost.reshape(-1, m, n), a.reshape(-1, m), bm.reshape(-1, n))
+
+        def pot_batched():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return pot.batch.solve_batch(flat[0], reg=eps, a=flat[1], b=flat[2], max_iter=iters, tol=0.0,
+                                             method="log_sinkhorn", reg_type="entropy", grad="detach").plan
+
+        row = {"problems": b * c, "m": m, "n": n, "auto_domain": domain}
+        row["ours_auto_s"] = timed(ours, repeats=5)
+        row["ours_log_s"] = timed(log, repeats=2, warmup=0)
+        row["pot_batched_s"] = timed(pot_batched, repeats=2, warmup=0)
+        plan, plan_log, plan_pot = ours(), log(), torch.as_tensor(pot_batched()).reshape(b, c, m, n)
+        row["max_abs_diff_auto_vs_pot"] = float((plan - plan_pot).abs().max())
+        row["max_abs_diff_log_vs_pot"] = float((plan_log - plan_pot).abs().max())
+        row["max_abs_diff_auto_vs_log"] = float((plan - plan_log).abs().max())
+
+        k = min(loop_subset, b * c)
+        idx = torch.randperm(b * c, generator=torch.Generator().manual_seed(0))[:k]
+        sub = [(flat[1][i].double().numpy(), flat[2][i].double().numpy(), flat[0][i].double().numpy()) for i in idx]
+
+        def pot_loop():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return [pot.sinkhorn(ai, bi, ci, reg=eps, numItermax=iters, stopThr=0) for ai, bi, ci in sub]
+
+        loop_subset_s = timed(pot_loop, repeats=1, warmup=0)
+        loop_plans = torch.as_tensor(np.stack(pot_loop()))
+        row.update(pot_loop_subset=k, pot_loop_subset_s=loop_subset_s,
+                   pot_loop_extrapolated_s=loop_subset_s * (b * c) / k,
+                   max_abs_diff_auto_vs_pot_loop=float((plan.reshape(-1, m, n)[idx].double() - loop_plans).abs().max()))
+        if args.compile:
+            solver = sys.modules["spacil.ot.sinkhorn"]
+            compiled = lambda: sinkhorn_plan(cost, a, bm, eps, iters, "auto", cost_range=2.0, compile=True)  # noqa
+            start = time.perf_counter()
+            plan_c = compiled()
+            row["compile_first_call_s"] = time.perf_counter() - start
+            if solver._COMPILE_BROKEN:
+                row["compiled_error"] = solver._COMPILE_BROKEN[0]
+            else:
+                row["ours_compiled_s"] = timed(compiled, repeats=5)
+                row["max_abs_diff_compiled_vs_eager"] = float((plan_c - plan).abs().max())
+                row["compiled_speedup_vs_eager"] = row["ours_auto_s"] / row["ours_compiled_s"]
+        row["speedup_auto_vs_pot_batched"] = row["pot_batched_s"] / row["ours_auto_s"]
+        row["speedup_auto_vs_log"] = row["ours_log_s"] / row["ours_auto_s"]
+        row["speedup_auto_vs_pot_loop_extrapolated"] = row["pot_loop_extrapolated_s"] / row["ours_auto_s"]
+        row["speedup_log_vs_pot_batched"] = row["pot_batched_s"] / row["ours_log_s"]
+        out["sizes"][f"{m}x{n}"] = row
+    return out
+
+
+def render_ot_protocol(res: dict) -> str:
+    """Markdown table of :func:`bench_ot_protocol` (times in ms, ratios measured in the same run)."""
+    if "error" in res:
+        return f"OT at protocol sizes: not measured ({res['error']}).\n"
+    lines = [f"OT at protocol sizes ({res['setting']}); POT per-pair loop extrapolated from a random subset.", "",
+             "| problem | ours auto | ours log | ours compiled | POT batched | POT per-pair loop (extrap.) | "
+             "POT batched / ours | max abs diff vs POT batched |", "|---|---|---|---|---|---|---|---|"]
+    for key, r in res["sizes"].items():
+        comp = (f"{r['ours_compiled_s'] * 1e3:.0f} ms (compile {r['compile_first_call_s']:.0f} s)"
+                if "ours_compiled_s" in r else r.get("compiled_error", "not run (--compile)"))
+        lines.append(f"| {r['problems']} x {key} | {r['ours_auto_s'] * 1e3:.0f} ms ({r['auto_domain']}) | "
+                     f"{r['ours_log_s'] * 1e3:.0f} ms | {comp} | {r['pot_batched_s'] * 1e3:.0f} ms | "
+                     f"{r['pot_loop_extrapolated_s'] * 1e3:.0f} ms ({r['pot_loop_subset']} timed) | "
+                     f"{r['speedup_auto_vs_pot_batched']:.1f}x | auto {r['max_abs_diff_auto_vs_pot']:.1e}, "
+                     f"log {r['max_abs_diff_log_vs_pot']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
 GOALS = [
     ("Batched Sinkhorn vs per-pair loop (CPU eager)", lambda r: r["sinkhorn"]["speedup"], ">= 10x", lambda v: v >= 10),
     ("Patch-level OT scoring / encoder forward", lambda r: r["ot_overhead"]["ratio"], "<= 0.10", lambda v: v <= 0.10),
@@ -294,6 +420,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--quick", action="store_true", help="smaller problems (smoke test)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile Sinkhorn")
+    parser.add_argument("--ot-threads", type=int, default=0,
+                        help="torch threads for the OT protocol-size section (0: leave as is)")
     args = parser.parse_args()
     results = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick}
@@ -301,14 +429,15 @@ def main() -> None:
         steps = [("sinkhorn", lambda: bench_sinkhorn(args)), ("ot_overhead", lambda: bench_ot_overhead(args)),
                  ("forwards", lambda: bench_forwards_per_run(args, Path(tmp))),
                  ("memory", lambda: bench_backward_memory(args)), ("convergence", lambda: bench_convergence(args)),
-                 ("throughput", lambda: bench_throughput(args, Path(tmp)))]
+                 ("throughput", lambda: bench_throughput(args, Path(tmp))),
+                 ("ot_protocol", lambda: bench_ot_protocol(args, threads=args.ot_threads or None))]
         for name, step in steps:
             start = time.perf_counter()
             results[name] = step()
             print(f"{name}: done in {time.perf_counter() - start:.1f} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = render(results)
+    table = render(results) + "\n" + render_ot_protocol(results["ot_protocol"])
     (args.out / "results.md").write_text(table)
     print(table)
 

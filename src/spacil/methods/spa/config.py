@@ -49,8 +49,18 @@ class OTConfig(StrictModel):
         "ot", description="'ot': transport-weighted similarity; 'mean' (ablation): cosine of mean-pooled patches and tokens."
     )
     eps: float = Field(0.1, gt=0, description="Entropic regularisation (cost = 1 - cosine).")
-    iterations: int = Field(30, ge=1, description="Fixed Sinkhorn iterations (no convergence check, no host sync).")
+    iterations: int = Field(30, ge=1, description="Fixed Sinkhorn iterations (no host sync inside the loop).")
     detach_plan: bool = Field(True, description="Gradient only through the similarities, not the iterations.")
+    domain: Literal["auto", "log", "exp"] = Field(
+        "auto", description="Sinkhorn domain. 'auto': exp (batched matrix scaling, fast) when cost range / eps <= 50 "
+        "in float32 (cosine costs: eps >= 0.04), else log (logsumexp, safe for any eps)."
+    )
+    check_convergence: Literal["off", "warn", "error"] = Field(
+        "warn", description="After the iterations, compare the plans' marginals with the masses (one host sync per "
+        "call): 'warn' logs once per setting, 'error' raises, 'off' skips the check."
+    )
+    convergence_tol: float = Field(1e-2, gt=0, description="Tolerance on each plan's L1 marginal error.")
+    compile: bool = Field(False, description="Run the Sinkhorn iterations through torch.compile (eager fallback).")
 
 
 class ProjectorConfig(StrictModel):

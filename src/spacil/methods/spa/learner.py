@@ -140,7 +140,9 @@ class SPALearner(Learner):
         sim = torch.einsum("bckd,cnd->bckn", selected, tokens)
         a = torch.full(selected.shape[:3], 1.0 / selected.shape[2], device=sim.device)
         b = uniform_masses(mask)[None]  # [1, C, N]
-        score, plan = ot_score(sim, a, b, cfg.ot.eps, cfg.ot.iterations, detach_plan=cfg.ot.detach_plan)
+        score, plan = ot_score(sim, a, b, cfg.ot.eps, cfg.ot.iterations, detach_plan=cfg.ot.detach_plan,
+                               domain=cfg.ot.domain, check_convergence=cfg.ot.check_convergence,
+                               tol=cfg.ot.convergence_tol, compile=cfg.ot.compile)
         return score, plan, index
 
     def _logits(self, global_: Tensor, patches: Tensor | None, side: dict[str, Tensor],
