@@ -74,7 +74,10 @@ def test_class_lists_follow_their_official_order():
     assert protocol_class_names("cars")[-1] == "FIAT 500 Convertible 2012"
     ucf = shipped_class_names("ucf101")
     camel = [name.replace("_", "") for name in ucf]  # classInd.txt names
-    assert camel[34:36] == ["Hammering", "HammerThrow"] and camel[-1] == "YoYo"
+    # sorted folder names (ImageFolder), not classInd.txt, which has Hammering before HammerThrow
+    assert ucf == sorted(ucf) and camel == sorted(camel)
+    assert camel[34:36] == ["HammerThrow", "Hammering"] and camel[46:48] == ["JumpRope", "JumpingJack"]
+    assert camel[-1] == "YoYo"
     assert all(re.fullmatch(r"[A-Z][a-z]+(_[A-Z][a-z]*)*", n) for n in ucf)
 
 
@@ -162,8 +165,12 @@ def test_check_reports_ok_for_a_valid_folder(tmp_path, monkeypatch):
     report = check_dataset("ucf101", root, workers=2)
     text = report.render()
     assert report.ok, text
+    assert "train: 6 images in 3 classes (no published count), 2-2 per class" in text  # a release: none published
+    (root / "conversion.json").write_text("{}")  # what `spa-cil data convert` leaves: its rule's counts apply
+    text = check_dataset("ucf101", root, workers=2).render()
     assert text.splitlines()[0].endswith(": OK")
     assert "train: 6 images in 3 classes (expected 6), 2-2 per class" in text
+    assert "counts expected from: the conversion rule in docs/datasets.md" in text
     assert "images decoded: 9, unreadable: 0" in text
 
 
@@ -208,6 +215,7 @@ def test_check_collects_every_kind_of_problem_on_one_screen(tmp_path, monkeypatc
     for i in range(30):
         (root / "train" / names[0] / f"broken_{i:02d}.jpg").write_bytes(b"no image here")
     (root / "test" / names[0] / "notes.txt").write_text("not an image")
+    (root / "conversion.json").write_text("{}")
     report = check_dataset("cars", root, workers=2)
     assert not report.ok
     joined = "\n".join(report.problems)
@@ -256,13 +264,15 @@ def test_convert_cub200(tmp_path, monkeypatch):
     names = protocol_class_names("cub200")
     train = load_protocol_split("cub200", "train", dst)
     assert train.labels.tolist() == [0, 0, 1, 2, 2]
-    assert train.sample_id(0) == f"train/{names[0]}/{names[0]}_0000.jpg"
+    assert train.class_names == names
+    folders = [f"{i + 1:03d}.{n}" for i, n in enumerate(names)]  # as the release names them
+    assert train.sample_id(0) == f"train/{folders[0]}/{names[0]}_0000.jpg"
     test = load_protocol_split("cub200", "test", dst)
     assert [test.sample_id(i) for i in range(len(test))] == [
-        f"test/{names[0]}/{names[0]}_0001.jpg", f"test/{names[1]}/{names[1]}_0001.jpg",
-        f"test/{names[2]}/{names[2]}_0000.jpg", f"test/{names[2]}/{names[2]}_0003.jpg"]
-    src_file = tmp_path / "CUB_200_2011" / "images" / f"001.{names[0]}" / f"{names[0]}_0000.jpg"
-    assert (dst / "train" / names[0] / src_file.name).stat().st_ino == src_file.stat().st_ino  # hard link
+        f"test/{folders[0]}/{names[0]}_0001.jpg", f"test/{folders[1]}/{names[1]}_0001.jpg",
+        f"test/{folders[2]}/{names[2]}_0000.jpg", f"test/{folders[2]}/{names[2]}_0003.jpg"]
+    src_file = tmp_path / "CUB_200_2011" / "images" / folders[0] / f"{names[0]}_0000.jpg"
+    assert (dst / "train" / folders[0] / src_file.name).stat().st_ino == src_file.stat().st_ino  # hard link
     assert (dst / "classes.txt").read_text().split("\n")[:3] == names
     shrink(monkeypatch, "cub200", 3, train=5, test=4)
     assert check_dataset("cub200", dst).ok
@@ -358,7 +368,7 @@ def test_convert_objectnet_aircraft_sun_cars(tmp_path, monkeypatch):
     data.mkdir(parents=True)
     (data / "variants.txt").write_text("\n".join(official) + "\n")
     chosen = [official.index("BAE 146-200"), official.index("F/A-18"), 0]
-    for split, ids in (("train", [0, 1, 2, 3, 4, 5]), ("test", [6, 7, 8])):
+    for split, ids in (("trainval", [0, 1, 2, 3, 4, 5]), ("test", [6, 7, 8])):
         (data / f"images_variant_{split}.txt").write_text(
             "".join(f"{1000 + i} {official[chosen[i % 3]]}\n" for i in ids))
     for i in range(9):

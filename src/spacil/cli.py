@@ -99,7 +99,7 @@ def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
         if split not in {"train", "test", "both"}:
             raise ValueError("--split must be train, test or both")
         backbone = load_backbone(cfg.backbone.name, cfg.backbone.checkpoint, rank_device(cfg.backbone.device),
-                                 cfg.backbone.precision)
+                                 cfg.backbone.precision, cfg.data.resize)
         cache = FeatureCache(cfg.cache.root, verify=cfg.cache.verify, dtype=cfg.cache.dtype)
         for name in (["train", "test"] if split == "both" else [split]):
             source = load_split(cfg.data.dataset, name, cfg.data.root, cfg.data.download)
@@ -227,12 +227,23 @@ def info() -> None:
     typer.echo("presets (--config NAME):")
     typer.echo("  " + ", ".join(list_presets()))
     typer.echo("shipped class orders (seed 1993): " + ", ".join(shipped_class_order_datasets()))
+    _echo_description_sources()
     typer.echo("methods (method.name):")
     for entry in list_methods():
         typer.echo(f"  {entry.name:22s} {entry.summary}")
     typer.echo("compare variants (* = run by default in compare and demo):")
     for name, variant in all_variants().items():
         typer.echo(f"  {name:21s}{'*' if variant.default else ' '} {' '.join(variant.overrides)}")
+
+
+def _echo_description_sources() -> None:
+    """Per protocol dataset, where SPA's descriptions come from (descriptions.source=auto)."""
+    from .data.protocol import PROTOCOL_DATASETS, protocol_class_names
+    from .text.class_phrases import shipped_coverage
+
+    typer.echo("descriptions (source=auto; <data.root>/descriptions.json wins when present):")
+    for key in PROTOCOL_DATASETS:
+        typer.echo(f"  {key:22s} {shipped_coverage(key, protocol_class_names(key))}")
 
 
 @app.command()

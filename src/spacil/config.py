@@ -49,6 +49,11 @@ class DataConfig(StrictModel):
         "skip", description="Unreadable images: 'skip' logs each file and leaves it out, 'error' stops before training."
     )
     download: bool = Field(False, description="Allow torchvision datasets to download when absent.")
+    resize: Literal["squash", "crop"] = Field(
+        "crop", description="Image transform before the encoder, train and test alike: 'squash' = the LAMDA "
+        "protocol's Resize((S, S), bicubic) of the whole image + CenterCrop(S) + CLIP mean/std (S = the model's "
+        "image size; the protocol presets use it); 'crop' = open_clip's preprocess (shorter side to S, centre "
+        "crop). Part of the feature-cache key.")
 
 
 class CacheConfig(StrictModel):

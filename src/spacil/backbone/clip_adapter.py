@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .registry import BackboneSpec, local_model_config_dir, resolve_backbone
+from .transforms import RESIZE_MODES, image_transform
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class FrozenCLIP:
     """
 
     def __init__(self, model: torch.nn.Module, preprocess: Callable, tokenizer: Callable, spec: BackboneSpec,
-                 device: torch.device, precision: str = "auto") -> None:
+                 device: torch.device, precision: str = "auto", resize: str = "crop") -> None:
         import open_clip
 
         if not isinstance(model, open_clip.CLIP):
@@ -85,7 +86,9 @@ class FrozenCLIP:
         if not isinstance(model.visual, open_clip.transformer.VisionTransformer):
             raise BackboneLoadError(f"backbone {spec.alias}: patch tokens need a ViT image tower")
         self.model = model.eval().requires_grad_(False).to(device)
-        self.preprocess = preprocess
+        self._open_clip_preprocess = preprocess
+        self.resize = "crop"
+        self.set_resize(resize)
         self.tokenizer = tokenizer
         self.spec = spec
         self.device = device
@@ -130,12 +133,29 @@ class FrozenCLIP:
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
+    def set_resize(self, mode: str) -> None:
+        """Choose the image transform (``data.resize``): 'squash' (the protocol's) or 'crop' (open_clip's)."""
+        import open_clip
+
+        if mode not in RESIZE_MODES:
+            raise ValueError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)} (data.resize)")
+        self.resize = mode
+        self.preprocess = image_transform(mode, open_clip.get_model_preprocess_cfg(self.model),
+                                          self._open_clip_preprocess)
+
     def transform_description(self) -> dict:
-        """What the image transform does, as data (part of the feature-cache key)."""
+        """What the image transform does, as data (part of the feature-cache key).
+
+        'crop' adds nothing, so cache entries written before the setting existed (all 'crop') stay valid;
+        'squash' adds ``resize: squash``.
+        """
         import open_clip
 
         cfg = open_clip.get_model_preprocess_cfg(self.model)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(cfg.items())}
+        described = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(cfg.items())}
+        if self.resize != "crop":
+            described["resize"] = self.resize
+        return described
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -183,8 +203,8 @@ class FrozenCLIP:
 
 
 def load_backbone(name: str = "tiny-test", checkpoint: Path | str | None = None, device: str = "auto",
-                  precision: str = "auto") -> FrozenCLIP:
-    """Build a frozen CLIP by name (see :mod:`spacil.backbone.registry`)."""
+                  precision: str = "auto", resize: str = "crop") -> FrozenCLIP:
+    """Build a frozen CLIP by name (see :mod:`spacil.backbone.registry`); ``resize`` picks the image transform."""
     import open_clip
 
     spec = resolve_backbone(name, checkpoint)
@@ -208,4 +228,4 @@ def load_backbone(name: str = "tiny-test", checkpoint: Path | str | None = None,
         raise BackboneLoadError(f"could not load backbone {spec.alias}: {exc}{hint}") from exc
     tokenizer = open_clip.get_tokenizer(spec.arch)
     logger.info("loaded backbone %s (%s, weights=%s) on %s", spec.alias, spec.arch, spec.pretrained or "random", torch_device)
-    return FrozenCLIP(model, preprocess, tokenizer, spec, torch_device, precision)
+    return FrozenCLIP(model, preprocess, tokenizer, spec, torch_device, precision, resize)

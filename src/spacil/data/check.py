@@ -1,9 +1,9 @@
 """Validate a protocol dataset folder before spending hours encoding it.
 
 ``check_dataset`` looks at everything that would make a run wrong or incomparable: the class folders
-(against the shipped class list), the number of images per split (against the counts our conversion
-rules produce, where those are fixed), empty classes, and every image file (opened and decoded with PIL,
-so truncated or corrupt files are named). Grayscale, CMYK, palette and RGBA images are counted but are
+(against the shipped class list, and their sorted order against the release's labels), the number of
+images per split (against the published counts or the conversion rule's: :mod:`.split_counts`), empty
+classes, and every image file (opened and decoded with PIL, so truncated or corrupt files are named). Grayscale, CMYK, palette and RGBA images are counted but are
 fine: they are converted to RGB when loaded.
 """
 
@@ -20,7 +20,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .datasets import IMAGE_EXTENSIONS, DatasetError, default_root
-from .protocol import layout_problems, load_protocol_split, protocol_class_names, protocol_spec
+from .protocol import (class_folders, label_order_problem, layout_problems, load_protocol_split, match_folders,
+                       protocol_class_names, protocol_spec)
+from .split_counts import count_notes, expected_counts, label_order_notes
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ class CheckReport:
                 continue
             counts = list(s.per_class.values())
             spread = f", {min(counts)}-{max(counts)} per class" if counts else ""
-            expected = f" (expected {s.expected})" if s.expected is not None else ""
+            expected = f" (expected {s.expected})" if s.expected is not None else " (no published count)"
             lines.append(f"  {s.split + ':':6s} {s.n_images} images in {len(s.per_class)} classes{expected}{spread}")
         if self.verified_images:
             opened = sum(s.opened for s in self.splits.values())
@@ -137,8 +139,10 @@ def check_dataset(key: str, root: Path | str | None = None, verify_images: bool 
     spec = protocol_spec(key)
     base = default_root(key, root)
     report = CheckReport(key, spec.title, base, spec.n_classes, spec.class_file, verified_images=verify_images)
+    want = expected_counts(key, base)
     if not spec.image_folder:
-        for split, expected in (("train", spec.expected_train), ("test", spec.expected_test)):
+        for split in ("train", "test"):
+            expected = want[split]
             check = SplitCheck(split, present=False, expected=expected)
             report.splits[split] = check
             try:
@@ -151,6 +155,7 @@ def check_dataset(key: str, root: Path | str | None = None, verify_images: bool 
             check.per_class = {name: counts.get(i, 0) for i, name in enumerate(source.class_names)}
             if expected is not None and len(source) != expected:
                 report.problems.append(f"{split}: {len(source)} images, expected {expected}")
+        report.notes.extend(count_notes(key, base))
         report.verified_images = False
         return report
     if not base.is_dir():
@@ -158,7 +163,8 @@ def check_dataset(key: str, root: Path | str | None = None, verify_images: bool 
         return report
     names = protocol_class_names(key)
     seen_problems: set[str] = set()
-    for split, expected in (("train", spec.expected_train), ("test", spec.expected_test)):
+    for split in ("train", "test"):
+        expected = want[split]
         check = SplitCheck(split, present=(base / split).is_dir(), expected=expected)
         report.splits[split] = check
         for problem in layout_problems(key, base, split):
@@ -168,13 +174,18 @@ def check_dataset(key: str, root: Path | str | None = None, verify_images: bool 
         if not check.present:
             continue
         files: list[Path] = []
+        found = class_folders(base / split)
+        matched, _ = match_folders(key, found)
+        folder_of = {n: f for f, n in zip(found, matched) if n is not None}
+        if split == "train" and len(set(matched)) == len(matched) and set(matched) == set(names):
+            report.notes.extend(label_order_notes(key, label_order_problem(key, found, matched)))  # type: ignore[arg-type]
         for name in names:
-            folder = base / split / name
-            if not folder.is_dir():
+            if name not in folder_of:
                 continue
+            folder = base / split / folder_of[name]
             entries = sorted(e.name for e in os.scandir(folder) if e.is_file())
             images = [f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
-            check.ignored_files.extend(f"{split}/{name}/{f}" for f in entries if f not in set(images))
+            check.ignored_files.extend(f"{split}/{folder_of[name]}/{f}" for f in entries if f not in set(images))
             check.per_class[name] = len(images)
             if not images:
                 check.empty_classes.append(name)
@@ -183,8 +194,7 @@ def check_dataset(key: str, root: Path | str | None = None, verify_images: bool 
             report.problems.append(f"{split}: {len(check.empty_classes)} empty classes: "
                                    f"{_shorten(check.empty_classes, max_listed)}")
         if expected is not None and check.n_images != expected:
-            report.problems.append(f"{split}: {check.n_images} images, expected {expected} "
-                                   f"(the count of the conversion rule in docs/datasets.md)")
+            report.problems.append(f"{split}: {check.n_images} images, expected {expected}")
         if check.ignored_files:
             report.notes.append(f"{split}: {len(check.ignored_files)} files without an image extension ignored, "
                                 f"e.g. {_shorten(check.ignored_files, 2)}")
@@ -198,10 +208,11 @@ def check_dataset(key: str, root: Path | str | None = None, verify_images: bool 
                         check.unreadable.append((path.relative_to(base).as_posix(), reason.replace(str(path), path.name)))
                     elif mode != "RGB":
                         check.modes[mode] += 1
-    if spec.expected_total is not None and all(s.present for s in report.splits.values()):
+    if want["total"] is not None and all(s.present for s in report.splits.values()):
         total = sum(s.n_images for s in report.splits.values())
-        if total != spec.expected_total:
-            report.problems.append(f"train + test hold {total} images, the release has {spec.expected_total}")
+        if total != want["total"]:
+            report.problems.append(f"train + test hold {total} images, the release has {want['total']}")
+    report.notes.extend(count_notes(key, base))
     if report.unreadable:
         report.problems.append(f"{len(report.unreadable)} unreadable images (left out with data.bad_images=skip, "
                                "fatal with data.bad_images=error); re-download or delete them")

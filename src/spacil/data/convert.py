@@ -8,8 +8,11 @@
     spa-cil data convert sun397     SRC DST   # folder holding SUN397/ and Partitions/
     spa-cil data convert cars       SRC DST   # folder holding cars_train/, cars_test/, devkit/
 
-DST receives ``train/<class>/<image>``, ``test/<class>/<image>``, ``classes.txt`` (the protocol's classes in
-label order) and ``conversion.json`` (rule, seed, counts). Images are hard-linked when SRC and DST share a
+DST receives ``train/<class folder>/<image>``, ``test/<class folder>/<image>`` with the class folders named as
+the processed release of the LAMDA line names them (CUB ``001.Black_footed_Albatross``, ImageNet-R WordNet
+ids, the class-list line otherwise: :func:`spacil.data.protocol.release_folder_names`), so sorting them gives
+the release's labels; plus ``classes.txt`` (the protocol's classes in label order) and ``conversion.json``
+(rule, seed, counts). Images are hard-linked when SRC and DST share a
 file system (no extra disk), copied otherwise (``--link copy`` forces copies, ``--link symlink`` links).
 Only the protocol's classes are written. UCF-101 needs a video decoder: see docs/datasets.md.
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import IMAGE_EXTENSIONS
-from .protocol import protocol_class_names, protocol_spec, shipped_class_names
+from .protocol import protocol_class_names, protocol_spec, release_folder_names, shipped_class_names
 
 
 class ConversionError(RuntimeError):
@@ -110,6 +113,8 @@ def write_layout(key: str, items: list[Item], dst: Path, mode: str, info: dict) 
                                   f"e.g. {missing[:5]}")
     if dst.exists() and any(dst.iterdir()):
         raise ConversionError(f"{dst} exists and is not empty; choose a new folder or delete it first")
+    spec = protocol_spec(key)
+    folder_of = dict(zip(shipped_class_names(key)[: spec.n_classes], release_folder_names(key)))
     tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -120,9 +125,9 @@ def write_layout(key: str, items: list[Item], dst: Path, mode: str, info: dict) 
         for split, name, src, out in items:
             slot = (split, name, out)
             if slot in taken:
-                raise ConversionError(f"two images would both be written to {split}/{name}/{out}")
+                raise ConversionError(f"two images would both be written to {split}/{folder_of[name]}/{out}")
             taken.add(slot)
-            folder = tmp / split / name
+            folder = tmp / split / folder_of[name]
             folder.mkdir(parents=True, exist_ok=True)
             if not src.is_file():
                 raise ConversionError(f"image listed by the release is missing: {src}")
@@ -220,15 +225,15 @@ def convert_objectnet(src: Path, seed: int, test_fraction: float) -> tuple[list[
 
 
 def convert_aircraft(src: Path) -> tuple[list[Item], dict]:
-    """FGVC-Aircraft 2013b: data/images_variant_{train,test}.txt hold '<image id> <variant>'."""
+    """FGVC-Aircraft 2013b: train = data/images_variant_trainval.txt, test = images_variant_test.txt."""
     data = src / "data" if (src / "data").is_dir() else src
     _check_names("aircraft", read_lines(data / "variants.txt"), "data/variants.txt")
     items: list[Item] = []
-    for split in ("train", "test"):
-        for line in read_lines(data / f"images_variant_{split}.txt"):
+    for split, listing in (("train", "trainval"), ("test", "test")):
+        for line in read_lines(data / f"images_variant_{listing}.txt"):
             image_id, _, variant = line.partition(" ")
             items.append((split, folder_name(variant), data / "images" / f"{image_id}.jpg", f"{image_id}.jpg"))
-    return items, {"rule": "official images_variant_train.txt / images_variant_test.txt (val unused)"}
+    return items, {"rule": "official images_variant_trainval.txt (train) / images_variant_test.txt (test)"}
 
 
 def convert_sun397(src: Path, partition: int) -> tuple[list[Item], dict]:

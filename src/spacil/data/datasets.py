@@ -72,34 +72,39 @@ class ImageFolderSource(ImageSource):
     """``root/<split>/<class>/<image>``; class names are the sorted folder names (or ``root/classes.txt``).
 
     ``classes.txt`` (one name per line) fixes the label order when present, so a dataset whose canonical
-    order is not alphabetical (and subsets of a larger dataset) load with the right labels.
+    order is not alphabetical (and subsets of a larger dataset) load with the right labels. ``folders``
+    (same length as ``class_names``) names the folder of each class where it is spelt otherwise
+    (a processed release's ``001.Black_footed_Albatross`` for ``Black_footed_Albatross``).
     """
 
     def __init__(self, root: Path | str, split: str, dataset: str = "image_folder",
-                 class_names: list[str] | None = None) -> None:
+                 class_names: list[str] | None = None, folders: list[str] | None = None) -> None:
         self.root = Path(root).expanduser()
         self.dataset = dataset
         self.split = split
         split_dir = self.root / split
         if not split_dir.is_dir():
             raise DatasetError(f"{dataset}: no folder {split_dir} (expected root/{split}/<class>/<images>)")
-        folders = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+        found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
         if class_names is None:
             listing = self.root / "classes.txt"
-            class_names = _read_lines(listing) if listing.is_file() else folders
+            class_names = _read_lines(listing) if listing.is_file() else found
         self.class_names = list(class_names)
-        unknown = sorted(set(folders) - set(self.class_names))
+        self.folders = list(folders) if folders is not None else list(self.class_names)
+        if len(self.folders) != len(self.class_names):
+            raise DatasetError(f"{dataset}: {len(self.folders)} folder names for {len(self.class_names)} classes")
+        unknown = sorted(set(found) - set(self.folders))
         if unknown:
             raise DatasetError(f"{dataset}: folders {unknown[:5]} in {split_dir} are not in the class list")
         paths: list[str] = []
         labels: list[int] = []
         empty: list[str] = []
-        for label, name in enumerate(self.class_names):
-            folder = split_dir / name
+        for label, (name, folder_name) in enumerate(zip(self.class_names, self.folders)):
+            folder = split_dir / folder_name
             files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)) if folder.is_dir() else []
             if not files:
                 empty.append(name)
-            paths.extend(f"{name}/{f}" for f in files)
+            paths.extend(f"{folder_name}/{f}" for f in files)
             labels.extend([label] * len(files))
         if empty:
             raise DatasetError(f"{dataset}: {len(empty)} classes have no images in {split_dir}: {empty[:5]}")

@@ -1,29 +1,33 @@
 """The nine datasets of the LAMDA / PROOF / ENGINE evaluation protocol: what each one must look like on disk.
 
-Every dataset except CIFAR-100 (read through torchvision) uses ONE folder layout::
+Every dataset except CIFAR-100 (read through torchvision) is a folder of the processed release that line
+distributes, or one that ``spa-cil data convert`` builds from the official release in the same shape::
 
-    <root>/train/<class_folder>/<image files>
-    <root>/test/<class_folder>/<image files>
-    <root>/classes.txt            optional; if present it must equal the protocol class list
+    <root>/train/<class folder>/<image files>
+    <root>/test/<class folder>/<image files>
 
-``<class_folder>`` is a line of the class list shipped with the package,
-``spacil/data/class_names/<file>.txt`` (one folder name per line, in canonical label order: line ``i`` is
-original label ``i``, which is what the shipped seed-1993 class orders permute).
+**Labels are the protocol's:** the class folders of a split, sorted as ``torchvision.datasets.ImageFolder``
+sorts them (``sorted`` of the names), give labels 0..n-1; the seed-1993 class order permutes those labels.
+Folder names are matched to the shipped class list (``spacil/data/class_names/<file>.txt``) through
+:func:`folder_key`, so the release's own spelling loads as is: CUB's ``001.Black_footed_Albatross``,
+ImageNet-R's WordNet ids, spaces or underscores, UCF's ``ApplyEyeMakeup``.
 
 Which classes a protocol uses: the FIRST ``n_classes`` lines of the shipped list. This matches the class
 lists LAMDA-CL publishes with their code (``utils/labels.json``): Food-101 drops ``waffles`` (last),
-UCF-101 drops ``YoYo`` (last), Cars keeps devkit classes 1..100, ObjectNet keeps the alphabetically first
+UCF-101 drops ``Yo_Yo`` (last), Cars keeps devkit classes 1..100, ObjectNet keeps the alphabetically first
 200 of its 313 classes, SUN keeps the alphabetically first 300 scene categories *after merging
 sub-categories* (``apartment_building/outdoor`` -> ``apartment_building``), which is why SUN reads
-``sun397_merged.txt`` rather than the 397-line ``sun397.txt``.
+``sun397_merged.txt`` rather than the 397-line ``sun397.txt``. Their label order is
+:func:`protocol_class_names`: the shipped names sorted by the folder names of the processed release.
 
-How to convert each official release into this layout: ``docs/datasets.md`` and :mod:`spacil.data.convert` (``spa-cil data convert``).
+How to get each dataset: ``docs/datasets.md`` and :mod:`spacil.data.convert` (``spa-cil data convert``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -49,6 +53,13 @@ class ProtocolDataset:
     expected_test: int | None
     expected_total: int | None = None  # train + test, when only the total is fixed
     image_folder: bool = True  # False: loaded by torchvision (CIFAR-100)
+    # How the processed release names its class folders: "name" (the class-list line, spaces or
+    # underscores), "numbered" (CUB's 'NNN.Name', NNN = line number) or "wnid" (ImageNet-R's WordNet ids).
+    release_folders: str = "name"
+    # True where the sorted order of the folders changes with their spelling (spaces vs underscores)
+    # and we have not seen the release's spelling: a differing order is then followed with a warning
+    # instead of refused.
+    spelling_unknown: bool = False
 
 
 PROTOCOL_DATASETS: dict[str, ProtocolDataset] = {
@@ -57,18 +68,22 @@ PROTOCOL_DATASETS: dict[str, ProtocolDataset] = {
         # torchvision CIFAR-100: 500 train / 100 test images per class.
         ProtocolDataset("cifar100", "CIFAR-100", 100, "cifar100.txt", 100, 50_000, 10_000, image_folder=False),
         # CUB-200-2011 train_test_split.txt: 5,994 train / 5,794 test (11,788 images).
-        ProtocolDataset("cub200", "CUB-200-2011", 200, "cub200.txt", 200, 5_994, 5_794),
+        ProtocolDataset("cub200", "CUB-200-2011", 200, "cub200.txt", 200, 5_994, 5_794,
+                        release_folders="numbered"),
         # ImageNet-R release: 30,000 images of 200 classes; our per-class 80/20 split (seed 1993) fixes
         # only the total, since per-class counts are not published with the release.
-        ProtocolDataset("imagenet_r", "ImageNet-R", 200, "imagenet_r.txt", 200, None, None, expected_total=30_000),
+        ProtocolDataset("imagenet_r", "ImageNet-R", 200, "imagenet_r.txt", 200, None, None, expected_total=30_000,
+                        release_folders="wnid"),
         # ObjectNet 1.0 has 50,000 images of 313 classes; the count of the 200-class subset is not
         # published, so nothing is checked beyond the classes.
         ProtocolDataset("objectnet", "ObjectNet (200-class subset)", 200, "objectnet.txt", 200, None, None),
-        # FGVC-Aircraft 2013b: images_variant_train.txt 3,334 / images_variant_test.txt 3,333 (100 variants).
-        ProtocolDataset("aircraft", "FGVC-Aircraft (variants)", 100, "aircraft.txt", 100, 3_334, 3_333),
+        # FGVC-Aircraft 2013b: images_variant_trainval.txt 6,667 / images_variant_test.txt 3,333 (100 variants).
+        ProtocolDataset("aircraft", "FGVC-Aircraft (variants)", 100, "aircraft.txt", 100, 6_667, 3_333,
+                        spelling_unknown=True),
         # Stanford Cars devkit: 8,144 train / 8,041 test over 196 classes; the per-class counts of the
         # first 100 classes are not something we can vouch for, so they are not checked.
-        ProtocolDataset("cars", "Stanford Cars (100 of 196)", 100, "cars.txt", 196, None, None),
+        ProtocolDataset("cars", "Stanford Cars (100 of 196)", 100, "cars.txt", 196, None, None,
+                        spelling_unknown=True),
         # Food-101 meta/train.txt, meta/test.txt: exactly 750 / 250 images per class -> 100 classes.
         ProtocolDataset("food101", "Food-101 (100 of 101)", 100, "food101.txt", 101, 75_000, 25_000),
         # UCF-101 split 1 (trainlist01 / testlist01): 9,537 / 3,783 videos for all 101 classes; the counts
@@ -119,13 +134,68 @@ def shipped_class_names(key: str) -> list[str]:
     return names
 
 
+def folder_key(folder: str) -> str:
+    """Folder name -> matching key: a leading ``NNN.`` dropped, then lower-case letters and digits only.
+
+    ``001.Black_footed_Albatross``, ``Black footed Albatross`` and ``black_footed_albatross`` share a key, as
+    do ``ApplyEyeMakeup`` and ``Apply_Eye_Makeup`` or ``F-16A_B`` and ``F-16AB``; keys are unique within
+    every shipped list (tested).
+    """
+    return re.sub(r"[^0-9a-z]", "", re.sub(r"^\d+\.", "", folder).lower())
+
+
+def release_folder_names(key: str) -> list[str]:
+    """The folder names of the processed release for the protocol's classes, in shipped-list order."""
+    spec = protocol_spec(key)
+    names = shipped_class_names(key)[: spec.n_classes]
+    if spec.release_folders == "numbered":
+        return [f"{i + 1:03d}.{name}" for i, name in enumerate(names)]
+    if spec.release_folders == "wnid":
+        wnids = [line for line in _read_class_file("imagenet_r_wnids.txt")]
+        return wnids[: spec.n_classes]
+    return names
+
+
 def protocol_class_names(key: str) -> list[str]:
-    """The classes the protocol uses, in label order: the first ``n_classes`` shipped names."""
-    return shipped_class_names(key)[: protocol_spec(key).n_classes]
+    """The classes the protocol uses, in label order: the first ``n_classes`` shipped names, sorted by the
+    folder names of the processed release (``ImageFolder``'s rule)."""
+    names = shipped_class_names(key)[: protocol_spec(key).n_classes]
+    pairs = sorted(zip(release_folder_names(key), names))
+    return [name for _, name in pairs]
 
 
-def _class_folders(split_dir: Path) -> list[str]:
+def _folder_index(key: str) -> dict[str, str]:
+    """Matching key -> shipped class name, over the whole shipped list (WordNet ids too, for ImageNet-R)."""
+    spec = protocol_spec(key)
+    names = shipped_class_names(key)
+    index = {folder_key(n): n for n in names}
+    if spec.release_folders == "wnid":
+        index.update({folder_key(w): n for w, n in zip(_read_class_file("imagenet_r_wnids.txt"), names)})
+    return index
+
+
+def match_folders(key: str, folders: list[str]) -> tuple[list[str | None], list[str]]:
+    """Each folder's shipped class name (None where none matches) and the unmatched folders."""
+    index = _folder_index(key)
+    names = [index.get(folder_key(f)) for f in folders]
+    return names, [f for f, n in zip(folders, names) if n is None]
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    """The class folders in ``ImageFolder`` order (hidden folders left out)."""
     return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+
+
+def label_order_problem(key: str, folders: list[str], names: list[str]) -> str | None:
+    """One line when the sorted folders give another label order than the protocol's, else None."""
+    expected = protocol_class_names(key)
+    if names == expected:
+        return None
+    i = next(i for i, (a, b) in enumerate(zip(names, expected)) if a != b)
+    want = release_folder_names(key)[shipped_class_names(key).index(expected[i])]
+    return (f"{key}: the folders sort into another label order than the processed release: label {i} is folder "
+            f"{folders[i]!r} here, {want!r} in the release; name the folders as the release does "
+            f"(`spa-cil data convert` writes them so, see docs/datasets.md)")
 
 
 def layout_problems(key: str, root: Path, split: str) -> list[str]:
@@ -148,17 +218,18 @@ def layout_problems(key: str, root: Path, split: str) -> list[str]:
             diff = next((i for i, (a, b) in enumerate(zip(given, names)) if a != b), min(len(given), len(names)))
             saw = given[diff] if diff < len(given) else "<end of file>"
             want = names[diff] if diff < len(names) else "<end of list>"
-            problems.append(f"{key}: class-name file mismatch: {listing} differs from spacil/data/class_names/"
-                            f"{spec.class_file} at line {diff + 1} ({saw!r} vs {want!r}); delete it or fix it")
-    folders = _class_folders(split_dir)
-    known = set(shipped_class_names(key))
-    unknown = [f for f in folders if f not in known]
+            problems.append(f"{key}: class-name file mismatch: {listing} differs from the label order of "
+                            f"spacil/data/class_names/{spec.class_file} at line {diff + 1} ({saw!r} vs {want!r}); "
+                            "delete it or fix it")
+    folders = class_folders(split_dir)
+    matched, unknown = match_folders(key, folders)
     if unknown:
         problems.append(f"{key}: folders {unknown[:5]}{' ...' if len(unknown) > 5 else ''} in {split_dir} are not in "
                         f"the shipped class list spacil/data/class_names/{spec.class_file}")
     used = set(names)
-    extra = [f for f in folders if f in known and f not in used]
-    missing = [n for n in names if n not in set(folders)]
+    extra = [f for f, n in zip(folders, matched) if n is not None and n not in used]
+    found = {n for n in matched if n in used}
+    missing = [n for n in names if n not in found]
     if extra or missing:
         detail = []
         if missing:
@@ -166,9 +237,12 @@ def layout_problems(key: str, root: Path, split: str) -> list[str]:
         if extra:
             detail.append(f"outside the protocol's first {spec.n_classes} classes {extra[:5]}"
                           f"{' ...' if len(extra) > 5 else ''}")
-        found = len([f for f in folders if f in used])
-        problems.append(f"{key}: wrong class count in {split_dir}: {found} of the {spec.n_classes} protocol classes "
-                        f"found, {len(folders)} folders in all ({'; '.join(detail)})")
+        problems.append(f"{key}: wrong class count in {split_dir}: {len(found)} of the {spec.n_classes} protocol "
+                        f"classes found, {len(folders)} folders in all ({'; '.join(detail)})")
+    elif not unknown and len(set(matched)) == len(matched):
+        order = label_order_problem(key, folders, matched)  # type: ignore[arg-type]
+        if order and not spec.spelling_unknown:
+            problems.append(order)
     return problems
 
 
@@ -194,5 +268,10 @@ def load_protocol_split(key: str, split: str, root: Path | str | None = None, do
     if problems:
         raise DatasetError(problems[0] + (f" (and {len(problems) - 1} more problems; run the dataset check)"
                                           if len(problems) > 1 else ""))
+    folders = class_folders(base / split)
+    names, _ = match_folders(key, folders)
+    order = label_order_problem(key, folders, names)  # type: ignore[arg-type]
+    if order:  # only reached where the release's spelling is unknown: the folders decide, as in ImageFolder
+        logger.warning("%s (labels follow the folders found)", order)
     # ImageFolderSource names the empty classes itself, in one line.
-    return ImageFolderSource(base, split, dataset=key, class_names=protocol_class_names(key))
+    return ImageFolderSource(base, split, dataset=key, class_names=names, folders=folders)  # type: ignore[arg-type]

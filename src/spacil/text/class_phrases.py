@@ -56,3 +56,13 @@ def resolve_class_phrases(config: Config, class_names: Sequence[str]) -> ClassPh
         filled = fallback_phrases([readable(n) for n in missing], templates)  # keyed by readable name
         phrases = [p if p is not None else list(filled[readable(n)]) for n, p in zip(class_names, phrases)]
     return ClassPhrases(phrases, source, missing)
+
+
+def shipped_coverage(dataset: str, class_names: Sequence[str]) -> str:
+    """Where ``descriptions.source=auto`` finds phrases for ``dataset`` when its folder has no
+    ``descriptions.json``: the shipped file and how many of ``class_names`` it covers, or templates."""
+    if dataset not in shipped_dataset_keys():
+        return "prompt templates (no shipped description file)"
+    found = load_shipped(dataset)
+    covered = sum(found.phrases_for(n) is not None for n in class_names)
+    return f"shipped spacil/descriptions/data/{dataset}.json: {covered} of {len(class_names)} classes"

@@ -68,6 +68,7 @@ def prepare_data(config: Config, backbone: FrozenCLIP | None = None, cache_root:
     """
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.checkpoint,
                                          config.backbone.device, config.backbone.precision)
+    backbone.set_resize(config.data.resize)  # a backbone passed in follows this config's transform too
     cache = FeatureCache(cache_root or config.cache.root, verify=config.cache.verify, dtype=config.cache.dtype)
     sources = {split: load_split(config.data.dataset, split, config.data.root, config.data.download)
                for split in ("train", "test")}
