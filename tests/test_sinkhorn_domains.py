@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import sys
-from spacil.config import OTConfig
+from spacil.methods.spa.config import OTConfig
 from spacil.ot import (
     SinkhornConvergenceError,
     choose_domain,
@@ -308,8 +308,9 @@ def test_compiled_solver_gives_the_eager_plans(monkeypatch) -> None:
 
 
 def test_learner_passes_the_ot_options_through(monkeypatch) -> None:
-    from spacil.config import SPAConfig, TrainConfig
-    from spacil.spa import learner as learner_module
+    from spacil.config import TrainConfig
+    from spacil.methods.spa import SPAConfig
+    from spacil.methods.spa import learner as learner_module
 
     g = torch.Generator().manual_seed(13)
     patches = F.normalize(torch.randn(2, 6, 8, generator=g), dim=-1)
@@ -317,7 +318,7 @@ def test_learner_passes_the_ot_options_through(monkeypatch) -> None:
     side = {"description": F.normalize(tokens.mean(1), dim=-1), "tokens": tokens,
             "token_mask": torch.tensor([[True] * 4, [True, True, False, False], [True, False, True, True]])}
     ot_cfg = {"eps": 0.01, "iterations": 2, "domain": "exp", "check_convergence": "error", "convergence_tol": 0.5}
-    learner = learner_module.SPALearner(SPAConfig.model_validate({"selection": {"k": 3}, "ot": ot_cfg}),
+    learner = learner_module.SPALearner(SPAConfig.model_validate({"selection": {"k": 3, "context_weight": 0}, "ot": ot_cfg}),
                                         TrainConfig(epochs=0))
     seen = {}
     real = learner_module.ot_score

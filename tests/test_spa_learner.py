@@ -94,7 +94,7 @@ def test_training_learns_well_above_chance_and_is_seed_deterministic():
         assert ka == kb and torch.equal(va, vb)
 
 
-def _two_task_forgetting(replay: bool, patch_branch: bool) -> float:
+def _two_task_forgetting(replay: bool, patch_branch: bool, scope: str = "all") -> float:
     """Old-class accuracy after task 2 when task 2 trains hard on new classes only."""
     body, parts, texts = _world(4, seed=5)
     g = torch.Generator().manual_seed(7)
@@ -108,7 +108,8 @@ def _two_task_forgetting(replay: bool, patch_branch: bool) -> float:
         batch = _images(body, parts, labels.numpy(), seed)
         return FeatureBatch(glob, batch.patches, labels)
 
-    cfg = _spa(patch_branch=patch_branch, replay={"enabled": replay, "samples_per_class": 40})
+    cfg = _spa(patch_branch=patch_branch, replay={"enabled": replay, "samples_per_class": 40},
+               projector={"scope": scope})
     learner = SPALearner(cfg, TrainConfig(epochs=40, lr=0.02, batch_size=32))
     learner.learn_task(_ctx(0, range(0, 2), 2, texts), sample([0, 1], 1))
     learner.learn_task(_ctx(1, range(2, 4), 4, texts), sample([2, 3], 2))
@@ -120,6 +121,13 @@ def test_gaussian_replay_reduces_forgetting(patch_branch):
     without = _two_task_forgetting(replay=False, patch_branch=patch_branch)
     with_replay = _two_task_forgetting(replay=True, patch_branch=patch_branch)
     assert with_replay > without + 0.2, (without, with_replay)
+
+
+def test_frozen_patch_branch_keeps_old_classes_without_replay():
+    """scope=global: projectors adapt only the global branch, so the part evidence of old classes cannot drift."""
+    adapted = _two_task_forgetting(replay=False, patch_branch=True, scope="all")
+    frozen = _two_task_forgetting(replay=False, patch_branch=True, scope="global")
+    assert frozen > 0.9 and frozen > adapted + 0.2, (adapted, frozen)
 
 
 def test_state_round_trip_gives_identical_logits():

@@ -38,6 +38,9 @@ class SelectionConfig(StrictModel):
         "'token_max' = max cosine over c's semantic tokens; 'random' (ablation) ignores relevance; 'all' keeps every patch.",
     )
     k: int = Field(16, ge=1, description="Patches kept per (image, class); clipped to the number of patches.")
+    context_weight: float = Field(
+        1.0, ge=0, description="Our addition: relevance minus this times the patch's cosine to its image's mean "
+        "patch, so patches that stand out from their image (parts) win over background; 0 = plain relevance.")
     eval_seed: int = Field(0, description="Seed of the generator that rule=random draws from when scoring "
                            "(fixed, so evaluating a checkpoint twice gives the same predictions).")
 
@@ -68,7 +71,12 @@ class ProjectorConfig(StrictModel):
 
     per_task: bool = Field(True, description="A new projector per task, older ones frozen; false = one shared projector.")
     hidden_dim: int = Field(256, ge=1, description="Bottleneck width of each residual projector.")
-    text: bool = Field(True, description="Also adapt the text side (class and semantic-token embeddings).")
+    text: bool = Field(True, description="Also adapt the text side (class prompts, and semantic tokens when "
+                       "scope=all).")
+    scope: Literal["global", "all"] = Field(
+        "global", description="What the projectors adapt. 'global': the [CLS] branch (image, prompts, prototypes); "
+        "the patch branch aligns frozen patches with frozen semantic tokens, so it cannot drift when later tasks "
+        "train (our choice, measured). 'all': patches and semantic tokens too.")
 
 
 class ReplayConfig(StrictModel):
@@ -77,19 +85,26 @@ class ReplayConfig(StrictModel):
     enabled: bool = True
     shrinkage: float = Field(0.1, ge=0, le=1, description="Covariance shrinkage towards a scaled identity.")
     samples_per_class: int = Field(32, ge=1, description="Pseudo-features drawn per old class and epoch.")
-    patch_mode: Literal["none", "selected_tokens"] = Field(
-        "selected_tokens",
-        description="Patch branch replay: 'selected_tokens' models each class's description-selected patch tokens "
-        "with a Gaussian and samples pseudo patch sets; 'none' replays global features only.",
+    patch_mode: Literal["none", "selected_tokens", "image"] = Field(
+        "image",
+        description="Patch branch replay. 'image': a pseudo image offers all P patches like a real one: k drawn "
+        "from a Gaussian over the class's description-selected patch tokens, P - k from a Gaussian over its other "
+        "tokens. 'selected_tokens': only the k selected-token draws. 'none': global features only.",
     )
     loss_weight: float = Field(1.0, ge=0)
+    calibration: Literal["none", "task_bias"] = Field(
+        "task_bias",
+        description="Our addition: after each task, fit one logit offset per task on balanced pseudo-features of "
+        "every seen class (the model frozen), so the newest task's classes do not win by recency alone.")
+    calibration_samples: int = Field(64, ge=2, description="Pseudo-features per seen class for the calibration fit.")
+    calibration_seed_offset: int = Field(2, description="Its generator is seeded with the task seed plus this.")
 
 
 class SPAConfig(StrictModel):
     """SPA: global [CLS]-text alignment plus description-guided patch-level OT alignment."""
 
     patch_branch: bool = Field(True, description="false = the CLS-only variant (global branch alone).")
-    fusion_weight: float = Field(1.0, ge=0, description="Patch score weight in logit = scale * (global + w * patch).")
+    fusion_weight: float = Field(2.0, ge=0, description="Patch score weight in logit = scale * (global + w * patch).")
     prototype_weight: float = Field(
         1.0, ge=0, description="Weight of the visual-prototype term in the global score (cosine of the adapted image "
         "to the adapted class mean of frozen features, as in PROOF); 0 = text prompts only.")

@@ -1,14 +1,18 @@
 """The SPA learner: global [CLS]-text alignment fused with description-guided patch-level OT.
 
-Score of image b for class c (all features L2-normalised, projectors applied)::
+Score of image b for class c (all features L2-normalised)::
 
     global[b, c] = <g_b, t_c> + w_p <g_b, m_c>      g: adapted [CLS], t: adapted class prompt,
                                                     m: adapted class mean of frozen [CLS] features
     patch[b, c]  = sum_mn  plan_mn * <p_bm, s_cn>   p: k patches of b selected for c, s: c's semantic tokens
-    logit[b, c]  = scale * (global[b, c] + fusion_weight * patch[b, c])
+    logit[b, c]  = scale * (global[b, c] + fusion_weight * patch[b, c]) + bias[task(c)]
 
 Per task a new projector (visual and, optionally, text) is trained with cross-entropy over every seen
-class, on the real features of the new classes plus Gaussian pseudo-features of the old ones.
+class, on the real features of the new classes plus Gaussian pseudo-features of the old ones. With
+``projector.scope=global`` (default) the projectors adapt the global branch only and the patch branch
+runs on frozen features, so its scores are computed once per task rather than once per step. After each
+task, ``bias`` (one offset per task) is fitted on balanced pseudo-features of every seen class
+(``replay.calibration``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from ..base import FeatureBatch, Learner, TaskContext
 from ..registry import register_method
 from .config import SPAConfig
 from .gaussian_replay import GaussianBank
-from .patch_selection import patch_relevance, select_top_k
+from .patch_selection import (gather_selected, patch_relevance, selected_mean, subtract_context,
+                              token_max_relevance, token_similarities, top_k_indices)
 from .projectors import ProjectorStack
 
 if TYPE_CHECKING:
@@ -41,8 +46,15 @@ logger = logging.getLogger(__name__)
     "spa", config=SPAConfig,
     variants={"clsonly": ["patch_branch=false"], "spa": [], "spa_no_ot": ["ot.aggregation=mean"],
               "spa_no_replay": ["replay.enabled=false"], "spa_shared_projector": ["projector.per_task=false"],
-              "spa_random_selection": ["selection.rule=random"]},
-    extra_variants={"spa_no_patch_replay": ["replay.patch_mode=none"]},
+              "spa_random_selection": ["selection.rule=random"],
+              "spa_no_context_selection": ["selection.context_weight=0"],
+              "spa_no_calibration": ["replay.calibration=none"],
+              "spa_adapted_patches": ["projector.scope=all"],
+              "spa_token_replay": ["replay.patch_mode=selected_tokens"]},
+    extra_variants={"spa_no_patch_replay": ["replay.patch_mode=none"],
+                    "spa_plain": ["selection.context_weight=0", "replay.calibration=none",
+                                           "projector.scope=all", "replay.patch_mode=selected_tokens",
+                                           "fusion_weight=1"]},
 )
 class SPALearner(Learner):
     """SPA: global [CLS]-text alignment fused with description-guided patch-level OT."""
@@ -54,12 +66,16 @@ class SPALearner(Learner):
         self.visual: ProjectorStack | None = None
         self.text: ProjectorStack | None = None
         self.global_bank = GaussianBank(config.replay.shrinkage)
-        self.patch_bank = GaussianBank(config.replay.shrinkage)
+        self.patch_bank = GaussianBank(config.replay.shrinkage)  # per class: its description-selected tokens
+        self.context_bank = GaussianBank(config.replay.shrinkage)  # per class: its other tokens
         self.prompts: Tensor | None = None
         self.prototypes: dict[int, Tensor] = {}  # class mean of frozen normalised [CLS] features
         self.semantic: "SemanticTokens | None" = None
         self.device = torch.device("cpu")
         self.tasks_learned = 0
+        self.n_patches = 0
+        self.task_starts: list[int] = []  # first label of every task learned so far
+        self.task_bias: Tensor | None = None  # [tasks] logit offsets from the calibration
 
     @classmethod
     def from_config(cls, config: "Config") -> "SPALearner":
@@ -80,6 +96,10 @@ class SPALearner(Learner):
     @property
     def variant(self) -> str:
         return "spa" if self.config.patch_branch else "clsonly"
+
+    @property
+    def _frozen_patch_branch(self) -> bool:
+        return self.config.projector.scope == "global"
 
     # ------------------------------------------------------------------ set-up
     def _attach(self, ctx: TaskContext) -> None:
@@ -110,8 +130,15 @@ class SPALearner(Learner):
     def _text(self, x: Tensor) -> Tensor:
         return self.text(x) if self.text is not None else F.normalize(x, dim=-1)
 
+    def _patch_text(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) if self._frozen_patch_branch else self._text(x)
+
+    def _patch_input(self, patches: Tensor) -> Tensor:
+        """Patch tokens as the patch branch sees them: frozen (scope=global) or adapted (scope=all)."""
+        return F.normalize(patches.float(), dim=-1) if self._frozen_patch_branch else self.visual(patches.float())
+
     def class_side(self, n_seen: int) -> dict[str, Tensor]:
-        """Adapted text features of the seen classes (computed once per scoring call, not per chunk)."""
+        """Class-side features of the seen classes (computed once per scoring call, not per chunk)."""
         out = {"prompts": self._text(self.prompts[:n_seen])}
         if self.config.prototype_weight > 0:
             protos = torch.stack([self.prototypes[c] for c in range(n_seen)]).to(self.prompts.device)
@@ -119,66 +146,92 @@ class SPALearner(Learner):
         if self.config.patch_branch:
             sem = self.semantic
             mask = sem.mask[:n_seen]
-            out["tokens"] = self._text(sem.tokens[:n_seen]) * mask[..., None]
+            out["tokens"] = self._patch_text(sem.tokens[:n_seen]) * mask[..., None]
             out["token_mask"] = mask
-            out["description"] = self._text(sem.description[:n_seen])
+            out["description"] = self._patch_text(sem.description[:n_seen])
         return out
 
     def patch_scores(self, patches: Tensor, side: dict[str, Tensor], generator: torch.Generator | None = None
-                     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Patch-level scores ``[B, C]`` for adapted patches ``[B, P, D]``; also the plan and selection."""
+                     ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Patch-level scores ``[B, C]`` of patches ``[B, P, D]`` as the branch sees them; also the plans
+        ``[B, C, k, N]`` (None for mean aggregation) and the selected patch indices ``[B, C, k]``."""
         cfg = self.config
-        relevance = patch_relevance(patches, cfg.selection.rule, side["description"], side["tokens"],
-                                    side["token_mask"], generator)
-        k = patches.shape[1] if cfg.selection.rule == "all" else cfg.selection.k
-        selected, index = select_top_k(patches, relevance, k)  # [B, C, k, D]
-        tokens, mask = side["tokens"], side["token_mask"]
+        tokens, mask, rule = side["tokens"], side["token_mask"], cfg.selection.rule
+        sim = token_similarities(patches, tokens) if cfg.ot.aggregation == "ot" or rule == "token_max" else None
+        if rule == "token_max":
+            relevance = subtract_context(patches, token_max_relevance(sim, mask), cfg.selection.context_weight)
+        else:
+            relevance = patch_relevance(patches, rule, side["description"], None, None, generator,
+                                        cfg.selection.context_weight)
+        index = top_k_indices(relevance, patches.shape[1] if rule == "all" else cfg.selection.k)
         if cfg.ot.aggregation == "mean":
-            pooled = F.normalize(selected.mean(dim=2), dim=-1)  # [B, C, D]
+            pooled = F.normalize(selected_mean(patches, index), dim=-1)  # [B, C, D]
             token_mean = F.normalize((tokens * mask[..., None]).sum(1), dim=-1)  # [C, D]
             return (pooled * token_mean[None]).sum(-1), None, index
-        sim = torch.einsum("bckd,cnd->bckn", selected, tokens)
-        a = torch.full(selected.shape[:3], 1.0 / selected.shape[2], device=sim.device)
+        selected = gather_selected(sim, index)  # [B, C, k, N]
+        a = torch.full(selected.shape[:3], 1.0 / selected.shape[2], device=selected.device)
         b = uniform_masses(mask)[None]  # [1, C, N]
-        score, plan = ot_score(sim, a, b, cfg.ot.eps, cfg.ot.iterations, detach_plan=cfg.ot.detach_plan,
+        score, plan = ot_score(selected, a, b, cfg.ot.eps, cfg.ot.iterations, detach_plan=cfg.ot.detach_plan,
                                domain=cfg.ot.domain, check_convergence=cfg.ot.check_convergence,
                                tol=cfg.ot.convergence_tol, compile=cfg.ot.compile)
         return score, plan, index
 
-    def _logits(self, global_: Tensor, patches: Tensor | None, side: dict[str, Tensor],
-                generator: torch.Generator | None = None) -> Tensor:
+    @torch.no_grad()
+    def _patch_score_table(self, patches: Tensor, side: dict[str, Tensor], generator: torch.Generator | None
+                           ) -> Tensor:
+        """Patch scores ``[n, C]`` of many images, chunk by chunk (no graph: the frozen branch's constants)."""
+        return torch.cat([self.patch_scores(self._patch_input(patches[i:i + self.chunk_size]), side, generator)[0]
+                          for i in range(0, len(patches), self.chunk_size)])
+
+    def _logits(self, global_: Tensor, side: dict[str, Tensor], patch: Tensor | None) -> Tensor:
+        """Uncalibrated logits from global features and (optionally) the patch scores ``[B, C]``."""
         g = self.visual(global_)
         score = g @ side["prompts"].T
         if "prototypes" in side:
             score = score + self.config.prototype_weight * (g @ side["prototypes"].T)
-        if self.config.patch_branch and patches is not None:
-            p = self.visual(patches.float())
-            score = score + self.config.fusion_weight * self.patch_scores(p, side, generator)[0]
+        if patch is not None:
+            score = score + self.config.fusion_weight * patch
         return self.config.logit_scale * score
+
+    def _scored(self, global_: Tensor, patches: Tensor | None, side: dict[str, Tensor],
+                generator: torch.Generator | None) -> Tensor:
+        patch = None
+        if self.config.patch_branch and patches is not None:
+            patch = self.patch_scores(self._patch_input(patches), side, generator)[0]
+        return self._logits(global_, side, patch)
 
     def logits(self, batch: FeatureBatch, n_seen: int) -> Tensor:
         side = self.class_side(n_seen)
         # only used by rule=random
         generator = torch.Generator(device=batch.global_.device).manual_seed(self.config.selection.eval_seed)
-        chunks = [self._logits(batch.global_[i:i + self.chunk_size], batch.patches[i:i + self.chunk_size], side,
+        chunks = [self._scored(batch.global_[i:i + self.chunk_size], batch.patches[i:i + self.chunk_size], side,
                                generator)
                   for i in range(0, len(batch), self.chunk_size)]
-        return torch.cat(chunks)
+        return self._calibrated(torch.cat(chunks))
+
+    def _task_of_class(self, n_classes: int) -> Tensor:
+        starts = torch.tensor(self.task_starts, device=self.device)
+        return torch.bucketize(torch.arange(n_classes, device=self.device), starts, right=True) - 1
+
+    def _calibrated(self, logits: Tensor) -> Tensor:
+        if self.task_bias is None:
+            return logits
+        return logits + self.task_bias.to(logits.device)[self._task_of_class(logits.shape[1])]
 
     @torch.no_grad()
     def alignment(self, patches: Tensor, labels: list[int], n_seen: int) -> list[dict]:
         """Per image: the patches its true class's descriptions select, the phrase each is transported to
         (its largest plan entry; the most similar token under ``ot.aggregation=mean``), and the patch score."""
         side = self.class_side(n_seen)
-        adapted = self.visual(patches.float())
-        score, plan, index = self.patch_scores(adapted, side)
+        seen_by_branch = self._patch_input(patches)
+        score, plan, index = self.patch_scores(seen_by_branch, side)
         sem = self.semantic
         out = []
         for i, c in enumerate(labels):
             entry = {"label": int(c), "patches": index[i, c].tolist(), "phrases": [], "weights": []}
             for j in range(index.shape[2]):
                 if plan is None:
-                    sims = adapted[i, index[i, c, j]] @ side["tokens"][c].T
+                    sims = seen_by_branch[i, index[i, c, j]] @ side["tokens"][c].T
                     token = int(sims.masked_fill(~side["token_mask"][c], -2).argmax())
                     weight = float("nan")
                 else:
@@ -195,6 +248,7 @@ class SPALearner(Learner):
         self._attach(ctx)
         self._add_projectors(ctx.seed)
         self._add_prototypes(ctx, train)
+        self.task_starts = self.task_starts[:ctx.task] + [ctx.new_classes.start]
         cfg, tc = self.config, self.train_config
         params = self.visual.trainable_parameters() + (self.text.trainable_parameters() if self.text else [])
         old = [c for c in range(ctx.new_classes.start) if c in self.global_bank.means]
@@ -206,6 +260,9 @@ class SPALearner(Learner):
             if module is not None:
                 module.requires_grad_(False)
         self._remember_classes(ctx, train)
+        if cfg.replay.calibration == "task_bias" and cfg.replay.enabled:
+            self._fit_task_bias(ctx.n_seen, ctx.seed + cfg.replay.calibration_seed_offset)
+            stats["task_bias"] = [round(float(b), 4) for b in self.task_bias]
         self.tasks_learned = ctx.task + 1
         return stats
 
@@ -216,29 +273,41 @@ class SPALearner(Learner):
         dev_gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + cfg.sampling_seed_offset)
         n = len(train)
         steps_per_epoch = max(1, -(-n // tc.batch_size))
-        total_steps = steps_per_epoch * tc.epochs
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-        replay_patches = cfg.patch_branch and cfg.replay.patch_mode == "selected_tokens"
-        last_loss = 0.0
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps_per_epoch * tc.epochs)
+        # the frozen patch branch gives constants: score real images once, and a pool of pseudo images once
+        fixed = cfg.patch_branch and self._frozen_patch_branch
+        real_patch = pool_patch = None
+        if fixed:
+            side = self.class_side(ctx.n_seen)
+            real_patch = self._patch_score_table(train.patches, side, dev_gen)
+            if old and cfg.replay.patch_mode != "none":
+                pool_patch = self._pseudo_patch_scores(old, cfg.replay.samples_per_class, side, dev_gen)
+        last_loss = torch.zeros(())
         for _epoch in range(tc.epochs):
             order = torch.randperm(n, generator=cpu_gen).to(ctx.device)
             if old:
+                # global and patch Gaussians are independent, so fresh global draws paired with the pooled
+                # patch scores of the same class are distributed like fresh (global, patch) draws
                 pg, py = self.global_bank.sample(old, cfg.replay.samples_per_class, dev_gen, ctx.device)
-                pp = None
-                if replay_patches:
-                    pp, _ = self.patch_bank.sample(old, cfg.replay.samples_per_class, dev_gen, ctx.device,
-                                                   tokens_per_sample=cfg.selection.k)
+                pp = None if fixed else self._pseudo_patches(old, cfg.replay.samples_per_class, dev_gen)
                 pseudo_order = torch.randperm(len(py), generator=cpu_gen).to(ctx.device)
                 pseudo_per_step = -(-len(py) // steps_per_epoch)
             for step in range(steps_per_epoch):
                 idx = order[step * tc.batch_size:(step + 1) * tc.batch_size]
                 side = self.class_side(ctx.n_seen)
-                logits = self._logits(train.global_[idx], train.patches[idx], side, dev_gen)
+                if fixed:
+                    logits = self._logits(train.global_[idx], side, real_patch[idx])
+                else:
+                    logits = self._scored(train.global_[idx], train.patches[idx], side, dev_gen)
                 loss = F.cross_entropy(logits, train.labels[idx])
                 if old:
                     j = pseudo_order[step * pseudo_per_step:(step + 1) * pseudo_per_step]
                     if len(j):
-                        pseudo_logits = self._logits(pg[j], pp[j] if pp is not None else None, side, dev_gen)
+                        if fixed:
+                            patch = pool_patch[j] if pool_patch is not None else None
+                            pseudo_logits = self._logits(pg[j], side, patch)
+                        else:
+                            pseudo_logits = self._scored(pg[j], pp[j] if pp is not None else None, side, dev_gen)
                         loss = loss + cfg.replay.loss_weight * F.cross_entropy(pseudo_logits, py[j])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -246,6 +315,58 @@ class SPALearner(Learner):
                 sched.step()
                 last_loss = loss.detach()
         return float(last_loss)
+
+    # ------------------------------------------------------------------ old-class calibration
+    def _pseudo_patches(self, classes: list[int], per_class: int, generator: torch.Generator) -> Tensor | None:
+        """Pseudo patch sets ``[len(classes) * per_class, T, D]`` (class-major), or None without patch replay."""
+        mode = self.config.replay.patch_mode if self.config.patch_branch else "none"
+        if mode == "none" or not classes:
+            return None
+        k = min(self.config.selection.k, self.n_patches)
+        own, _ = self.patch_bank.sample(classes, per_class, generator, self.device, tokens_per_sample=k)
+        if mode == "selected_tokens" or not len(self.context_bank):
+            return own
+        rest, _ = self.context_bank.sample(classes, per_class, generator, self.device,
+                                           tokens_per_sample=self.n_patches - k)
+        return torch.cat([own, rest], dim=1)
+
+    @torch.no_grad()
+    def _pseudo_patch_scores(self, classes: list[int], per_class: int, side: dict[str, Tensor],
+                             generator: torch.Generator) -> Tensor:
+        """Patch scores ``[len(classes) * per_class, C]`` of pseudo images, drawn a few classes at a time so
+        the pseudo patch sets never all sit in memory."""
+        step = max(1, self.chunk_size // per_class)
+        return torch.cat([self._patch_score_table(self._pseudo_patches(classes[i:i + step], per_class, generator),
+                                                  side, generator)
+                          for i in range(0, len(classes), step)])
+
+    @torch.no_grad()
+    def _fit_task_bias(self, n_seen: int, seed: int) -> None:
+        """One logit offset per task, fitted by cross-entropy on balanced pseudo-features of all seen classes."""
+        per_class = self.config.replay.calibration_samples
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        classes = list(range(n_seen))
+        side = self.class_side(n_seen)
+        g, y = self.global_bank.sample(classes, per_class, generator, self.device)
+        patch = None
+        if self.config.patch_branch and self.config.replay.patch_mode != "none":
+            patch = self._pseudo_patch_scores(classes, per_class, side, generator)
+        logits = torch.cat([self._logits(g[i:i + self.chunk_size], side,
+                                         None if patch is None else patch[i:i + self.chunk_size])
+                            for i in range(0, len(y), self.chunk_size)])
+        task = self._task_of_class(n_seen)
+        bias = torch.zeros(len(self.task_starts), device=self.device, requires_grad=True)
+        optimiser = torch.optim.LBFGS([bias], max_iter=50, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            optimiser.zero_grad()
+            loss = F.cross_entropy(logits + bias[task], y)
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimiser.step(closure)
+        self.task_bias = (bias - bias[0]).detach()  # only differences matter
 
     @torch.no_grad()
     def _add_prototypes(self, ctx: TaskContext, train: FeatureBatch) -> None:
@@ -262,22 +383,29 @@ class SPALearner(Learner):
         if not self.config.replay.enabled:
             return
         g = F.normalize(train.global_.float(), dim=-1)
-        want_patches = self.config.patch_branch and self.config.replay.patch_mode == "selected_tokens"
+        mode = self.config.replay.patch_mode if self.config.patch_branch else "none"
+        self.n_patches = int(train.patches.shape[1])
         for c in ctx.new_classes:
             rows = torch.nonzero(train.labels == c).flatten()
             self.global_bank.add_class(c, g[rows])
-            if want_patches:
-                self.patch_bank.add_class(c, self._own_selected_tokens(train.patches[rows], c))
+            if mode != "none":
+                own, rest = self._own_tokens(train.patches[rows], c)
+                self.patch_bank.add_class(c, own)
+                if mode == "image" and len(rest):
+                    self.context_bank.add_class(c, rest)
 
-    def _own_selected_tokens(self, patches: Tensor, label: int) -> Tensor:
-        """The k frozen patch tokens per image that class ``label``'s description selects, stacked [n*k, D]."""
+    def _own_tokens(self, patches: Tensor, label: int) -> tuple[Tensor, Tensor]:
+        """Frozen patch tokens of class ``label``'s images: the k its descriptions select and the rest,
+        each stacked ``[n * k, D]`` / ``[n * (P - k), D]`` (random/all rules select by description)."""
         p = F.normalize(patches.float(), dim=-1)
         sem = self.semantic
-        rel = patch_relevance(p, "description" if self.config.selection.rule in {"random", "all"} else
-                              self.config.selection.rule, sem.description[label:label + 1],
-                              sem.tokens[label:label + 1], sem.mask[label:label + 1])
-        selected, _ = select_top_k(p, rel, self.config.selection.k)
-        return selected[:, 0].reshape(-1, p.shape[-1])
+        rule = "description" if self.config.selection.rule in {"random", "all"} else self.config.selection.rule
+        relevance = patch_relevance(p, rule, sem.description[label:label + 1], sem.tokens[label:label + 1],
+                                    sem.mask[label:label + 1], context_weight=self.config.selection.context_weight)
+        order = relevance[:, 0].argsort(dim=1, descending=True)[..., None].expand(-1, -1, p.shape[-1])
+        k = min(self.config.selection.k, p.shape[1])
+        d = p.shape[-1]
+        return (torch.gather(p, 1, order[:, :k]).reshape(-1, d), torch.gather(p, 1, order[:, k:]).reshape(-1, d))
 
     # ------------------------------------------------------------------ state
     def trainable_state(self) -> dict[str, Tensor]:
@@ -286,8 +414,13 @@ class SPALearner(Learner):
             state.update({f"text.{k}": v.cpu() for k, v in self.text.state_dict().items()})
         if self.prototypes:
             state["prototypes"] = torch.stack([self.prototypes[c] for c in sorted(self.prototypes)]).cpu()
+        state["task_starts"] = torch.tensor(self.task_starts, dtype=torch.long)
+        state["n_patches"] = torch.tensor(self.n_patches, dtype=torch.long)
+        if self.task_bias is not None:
+            state["task_bias"] = self.task_bias.cpu()
         state.update(self.global_bank.state("bank.global"))
         state.update(self.patch_bank.state("bank.patch"))
+        state.update(self.context_bank.state("bank.context"))
         return state
 
     def load_trainable_state(self, state: dict[str, Tensor], ctx: TaskContext) -> None:
@@ -302,6 +435,10 @@ class SPALearner(Learner):
             if module is not None:
                 module.requires_grad_(False).to(ctx.device)
         self.prototypes = {c: v.to(ctx.device) for c, v in enumerate(state["prototypes"])} if "prototypes" in state else {}
+        self.task_starts = state["task_starts"].tolist() if "task_starts" in state else []
+        self.n_patches = int(state["n_patches"]) if "n_patches" in state else 0
+        self.task_bias = state["task_bias"].to(ctx.device) if "task_bias" in state else None
         self.global_bank.load_state(state, "bank.global")
         self.patch_bank.load_state(state, "bank.patch")
+        self.context_bank.load_state(state, "bank.context")
         self.tasks_learned = ctx.task + 1

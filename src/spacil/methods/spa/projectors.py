@@ -39,11 +39,14 @@ class ProjectorStack(nn.Module):
         self.adapters = nn.ModuleList()
 
     def add_task(self, generator: torch.Generator) -> None:
-        """Freeze what exists and add a new adapter (or, shared mode, add one only the first time)."""
+        """Freeze what exists and add a new adapter; shared mode adds one the first time and then keeps
+        training that same adapter on every task."""
         if self.per_task or not self.adapters:
             for adapter in self.adapters:
                 adapter.requires_grad_(False)
             self.adapters.append(ResidualAdapter(self.dim, self.hidden, generator))
+        else:
+            self.adapters[0].requires_grad_(True)
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalised adapted features; the input is L2-normalised first."""
