@@ -24,17 +24,28 @@ def test_shipped_partsworld_backbone_loads_offline():
 
 def test_short_demo_writes_a_readable_report(tmp_path):
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--output", str(out), "--n-classes", "10", "--variants", "simplecil,spa",
+    result = runner.invoke(app, ["demo", "--output", str(out), "--n-classes", "10", "--world-seed", "3",
+                                 "--variants", "simplecil,spa,spa_random_selection",
                                  "--set", "train.epochs=2", "--set", "data.init_cls=5", "--set", "data.increment=5",
                                  "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "| spa |" in result.output and "report:" in result.output
     for name in ("report.md", "report.html", "comparison.csv", "comparison.md", "accuracy_per_stage.png",
-                 "plots/alignment.png", "plots/accuracy_matrix_spa.png", "data/descriptions.json"):
+                 "plots/alignment.png", "plots/accuracy_matrix_spa.png", "data/world-3/descriptions.json",
+                 "mechanism.md", "mechanism.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     md = (out / "report.md").read_text()
     assert "plots/alignment.png" in md and "10 classes in 2 tasks" in md
     rows = {r["variant"]: r for r in json.loads((out / "comparison.json").read_text())}
-    assert set(rows) == {"simplecil", "spa"}
+    assert set(rows) == {"simplecil", "spa", "spa_random_selection"}
+    manifest = json.loads((out / "data" / "world-3" / "manifest.json").read_text())
+    assert manifest["seed"] == 3
+    # the mechanism table: guided selection lands on parts far more often than random selection
+    mech = json.loads((out / "mechanism.json").read_text())
+    assert set(mech) == {"spa", "spa_random_selection"} and "selection precision" in result.output
+    spa, rnd = mech["spa"], mech["spa_random_selection"]
+    assert 0 < spa["random_precision"] < 0.5 and abs(rnd["selection_precision"] - rnd["random_precision"]) < 0.05
+    assert spa["selection_precision"] > 2 * spa["random_precision"]
+    assert 0 <= spa["phrase_assignment"] <= 1 and 0 <= spa["patch_accuracy"] <= 100
     # 10 classes: chance is 10%; both must be far above it on the shipped part-aware backbone
     assert rows["simplecil"]["last"][0] > 30 and rows["spa"]["last"][0] > 30

@@ -147,6 +147,7 @@ def demo(output: Path = typer.Option(Path("spacil-demo"), help="Report folder (d
          n_train: int = typer.Option(60, min=1, help="Training images per class."),
          n_test: int = typer.Option(20, min=1, help="Test images per class."),
          image_size: int = typer.Option(64, min=16, help="Rendered image side in pixels."),
+         world_seed: int = typer.Option(0, help="Data seed of parts world (class design and rendering)."),
          set_: Optional[List[str]] = SetOption,
          progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
     """The built-in default: SPA vs baselines and ablations on parts world, with a report folder."""
@@ -157,11 +158,13 @@ def demo(output: Path = typer.Option(Path("spacil-demo"), help="Report folder (d
         settings = DemoSettings(output=output, overrides=list(set_ or []),
                                 variants=[v.strip() for v in variants.split(",")] if variants else default_variants(),
                                 seeds=[int(s) for s in seeds.split(",") if s.strip()], n_classes=n_classes,
-                                n_train=n_train, n_test=n_test, image_size=image_size)
+                                n_train=n_train, n_test=n_test, image_size=image_size, data_seed=world_seed)
         report, rows = run_demo(settings, progress=progress)
     except USER_ERRORS as exc:
         _fail(exc)
     typer.echo(comparison_markdown(rows))
+    if (output / "mechanism.md").is_file():
+        typer.echo((output / "mechanism.md").read_text())
     typer.echo(f"report: {report} (and {report.with_suffix('.html')})")
 
 

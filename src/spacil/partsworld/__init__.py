@@ -13,6 +13,7 @@ from .dataset import (
     Sample,
     generate_caption_pairs,
     generate_item,
+    generate_item_layers,
     generate_split,
     random_part_combinations,
     random_part_values,
@@ -31,7 +32,7 @@ from .vocabulary import NONE, VOCABULARY, BodyColour, BodyShape, PartKind, PartV
 
 __all__ = [
     "ClassSpec", "make_class_specs", "class_descriptions", "descriptions_document", "parts_name",
-    "GENERATOR_VERSION", "Sample", "generate_item", "generate_split", "write_image_folder",
+    "GENERATOR_VERSION", "Sample", "generate_item", "generate_item_layers", "generate_split", "write_image_folder",
     "random_part_values", "random_part_combinations", "generate_caption_pairs",
     "DEFAULT_CAPTION_TEMPLATES", "RenderConfig", "RenderResult", "render_image", "render_layers",
     "caption_for", "component_names",

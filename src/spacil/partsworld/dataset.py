@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .classes import ClassSpec, descriptions_document
-from .render import DEFAULT_CAPTION_TEMPLATES, RenderConfig, caption_for, render_image
+from .render import DEFAULT_CAPTION_TEMPLATES, RenderConfig, RenderResult, caption_for, render_image, render_layers
 from .vocabulary import NONE, VOCABULARY, PartValues
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,13 @@ def generate_item(spec: ClassSpec, label: int, index: int, seed: int, size: int 
                                         _stable_int(spec.parts.key()), index)
     image = render_image(spec.parts, image_rng, size, config)
     return Sample(image, label, caption_for(spec.parts, caption_rng, templates), spec.parts)
+
+
+def generate_item_layers(spec: ClassSpec, index: int, seed: int, size: int = 64, split: str = "train",
+                         config: RenderConfig | None = None) -> RenderResult:
+    """The image of :func:`generate_item` with its per-pixel component labels (same seed, same pixels)."""
+    image_rng, _ = _item_rngs(seed, _DOMAIN_SPLIT_IMAGE, _split_key(split), _stable_int(spec.parts.key()), index)
+    return render_layers(spec.parts, image_rng, size, config)
 
 
 def generate_split(specs: Sequence[ClassSpec], n_per_class: int, seed: int, size: int = 64,

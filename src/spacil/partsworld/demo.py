@@ -39,7 +39,7 @@ class DemoSettings(StrictModel):
     n_train: int = Field(60, ge=1, description="Training images per class.")
     n_test: int = Field(20, ge=1, description="Test images per class.")
     image_size: int = Field(64, ge=16, description="Rendered image side in pixels.")
-    data_seed: int = Field(0, description="Seed of the class design and the rendering.")
+    data_seed: int = Field(0, description="World seed: the class design and the rendering (`--world-seed`).")
 
 
 def ensure_partsworld(root: Path, n_classes: int, n_train: int, n_test: int, seed: int, size: int) -> Path:
@@ -56,8 +56,13 @@ def ensure_partsworld(root: Path, n_classes: int, n_train: int, n_test: int, see
     return root
 
 
+def world_folder(settings: DemoSettings) -> Path:
+    """Where the demo renders its world: one folder per world seed, so worlds never mix."""
+    return settings.output / "data" / f"world-{settings.data_seed}"
+
+
 def demo_config(settings: DemoSettings) -> Config:
-    root = settings.output / "data"
+    root = world_folder(settings)
     return load_config(settings.preset, [f"data.root={root}", f"cache.root={settings.output / 'cache'}",
                                          f"run.output_dir={settings.output / 'runs'}", *settings.overrides])
 
@@ -67,10 +72,10 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> tuple[Path, list[
     from .report import write_demo_report
 
     settings.output.mkdir(parents=True, exist_ok=True)
-    ensure_partsworld(settings.output / "data", settings.n_classes, settings.n_train, settings.n_test,
+    ensure_partsworld(world_folder(settings), settings.n_classes, settings.n_train, settings.n_test,
                       settings.data_seed, size=settings.image_size)
     base = demo_config(settings)
     data = prepare_variants(base, settings.variants, progress=progress)
     rows = run_comparison(base, settings.variants, settings.seeds, settings.output, data=data, progress=progress)
-    report = write_demo_report(settings.output, base, data, rows, settings.image_size)
+    report = write_demo_report(settings.output, base, data, rows, settings.image_size, settings.data_seed)
     return report, rows

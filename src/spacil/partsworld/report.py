@@ -13,11 +13,13 @@ import torch
 from ..config import Config, load_config
 from ..data.catalog import load_split
 from ..runs.plots import plot_accuracy_matrix
-from ..io import write_text_atomic
+from ..io import write_json_atomic, write_text_atomic
 from ..runs.run_folder import RunFolder
 from ..training.compare import ComparisonRow, comparison_markdown
 from ..training.harness import PreparedData, load_rows, restore_learner
 from .alignment import plot_alignment
+from .classes import make_class_specs
+from .mechanism import Mechanism, image_components, measure_mechanism
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +65,66 @@ def _alignment_picture(output: Path, data: PreparedData, row: ComparisonRow, n_i
     return str(path.relative_to(output))
 
 
+def _html_table(markdown: str) -> str:
+    """A small markdown table as HTML (empty string for no table)."""
+    lines = [line.strip().strip("|").split("|") for line in markdown.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in lines[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>" for row in lines[2:])
+    return f"<h2>The patch mechanism</h2><table><tr>{head}</tr>{body}</table>"
+
+
+def _uses_patch_branch(config: Config) -> bool:
+    return config.method.name == "spa" and config.method.spa.patch_branch
+
+
+def mechanism_rows(data: PreparedData, rows: Sequence[ComparisonRow], world_seed: int, image_size: int
+                   ) -> list[tuple[str, Mechanism]]:
+    """Mechanism metrics of every SPA variant with a patch branch (first seed, model after the last task)."""
+    last = data.scenario.n_tasks - 1
+    candidates = []
+    for row in rows:
+        folder = Path(row.folders[0])
+        if (folder / "config.yaml").is_file() and RunFolder(folder).checkpoint_path(last).is_file():
+            cfg = load_config(folder / "config.yaml")
+            if _uses_patch_branch(cfg):
+                candidates.append((row.variant, cfg, folder))
+    if not candidates:
+        return []
+    specs = {s.name: s for s in make_class_specs(data.scenario.n_classes, world_seed)}
+    class_specs = [specs[name] for name in data.scenario.class_names]
+    patch = image_size // data.backbone.grid_size[0]
+    components = image_components(list(specs.values()), data.test.sample_ids, world_seed, image_size, patch)
+    patches = torch.from_numpy(np.asarray(data.test.patches, dtype=np.float32))
+    labels = torch.from_numpy(data.test_labels.astype(np.int64))
+    out = []
+    for variant, cfg, folder in candidates:
+        learner = restore_learner(cfg, data, folder, last, torch.device("cpu"))
+        out.append((variant, measure_mechanism(learner, patches, labels, components, class_specs,
+                                               data.scenario.n_classes)))
+    return out
+
+
+def mechanism_markdown(measured: Sequence[tuple[str, Mechanism]]) -> str:
+    lines = ["| variant | selection precision | random selection | phrase assignment | patch-branch accuracy |",
+             "|---|---|---|---|---|"]
+    for variant, m in measured:
+        lines.append(f"| {variant} | {m.selection_precision:.3f} | {m.random_precision:.3f} | "
+                     f"{m.phrase_assignment:.3f} | {m.patch_accuracy:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_demo_report(output: Path, base: Config, data: PreparedData, rows: Sequence[ComparisonRow],
-                      image_size: int) -> Path:
-    """``report.md`` and ``report.html`` in ``output``; returns the markdown path."""
+                      image_size: int, world_seed: int = 0) -> Path:
+    """``report.md``, ``report.html`` and ``mechanism.md``/``.json`` in ``output``; returns the markdown path."""
     (output / "plots").mkdir(exist_ok=True)
     heatmaps = _heatmaps(output, rows)
+    measured = mechanism_rows(data, rows, world_seed, image_size)
+    mechanism = mechanism_markdown(measured) if measured else ""
+    if measured:
+        write_text_atomic(output / "mechanism.md", mechanism)
+        write_json_atomic(output / "mechanism.json", {v: m.as_dict() for v, m in measured})
     alignment = None
     spa_rows = [r for r in rows if r.variant == "spa"]
     if spa_rows:
@@ -83,6 +140,12 @@ def write_demo_report(output: Path, base: Config, data: PreparedData, rows: Sequ
     md = ["# spacil demo: SPA on parts world", "", setup, "", "## Results", "", table,
           "Average accuracy Ā is the mean over stages of top-1 on all seen classes; A_B is the last stage.", "",
           "![accuracy per stage](accuracy_per_stage.png)", ""]
+    if mechanism:
+        md += ["## The patch mechanism (ground-truth part masks, model after the last task, first seed)", "",
+               mechanism, "Selection precision: share of the patches selected for an image's own class that lie "
+               "on its parts; random selection would score the share of part patches. Phrase assignment: share of "
+               "the transport mass from a part's patches that goes to that part's phrase. Patch-branch accuracy: "
+               "the patch score alone, all classes.", ""]
     if alignment:
         md += ["## Patch-level alignment (SPA, after the last task)", "", f"![alignment]({alignment})", ""]
     md += ["## Accuracy matrices", ""] + [f"![{v}]({p})" for v, p in heatmaps]
@@ -101,6 +164,7 @@ def write_demo_report(output: Path, base: Config, data: PreparedData, rows: Sequ
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>spacil demo</title>"
             f"<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:4px 10px;"
             f"border-bottom:1px solid #ddd}}</style></head><body><h1>spacil demo: SPA on parts world</h1>"
-            f"<p>{html.escape(setup)}</p><table><tr>{head}</tr>{rows_html}</table>{body}</body></html>")
+            f"<p>{html.escape(setup)}</p><table><tr>{head}</tr>{rows_html}</table>{_html_table(mechanism)}{body}"
+            f"</body></html>")
     write_text_atomic(output / "report.html", page)
     return output / "report.md"

@@ -219,6 +219,13 @@ class SPALearner(Learner):
         return logits + self.task_bias.to(logits.device)[self._task_of_class(logits.shape[1])]
 
     @torch.no_grad()
+    def patch_evidence(self, patches: Tensor, n_seen: int) -> tuple[Tensor, Tensor | None, Tensor]:
+        """What the patch branch does with raw patches ``[B, P, D]``: scores ``[B, C]``, plans ``[B, C, k, N]``
+        (None under mean aggregation) and selected patch indices ``[B, C, k]`` (for mechanism metrics)."""
+        generator = torch.Generator(device=patches.device).manual_seed(self.config.selection.eval_seed)
+        return self.patch_scores(self._patch_input(patches), self.class_side(n_seen), generator)
+
+    @torch.no_grad()
     def alignment(self, patches: Tensor, labels: list[int], n_seen: int) -> list[dict]:
         """Per image: the patches its true class's descriptions select, the phrase each is transported to
         (its largest plan entry; the most similar token under ``ot.aggregation=mean``), and the patch score."""
