@@ -258,8 +258,11 @@ def describe(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = S
              n_diverse: int = typer.Option(2, min=0, help="Farthest-point images."),
              selection: str = typer.Option("centroid", help="Representative rule: centroid or kmeans."),
              min_phrases: int = typer.Option(MIN_PHRASES, min=1), max_phrases: int = typer.Option(MAX_PHRASES, min=1),
-             json_mode: bool = typer.Option(True, help="Ask for response_format=json_object (disable for servers "
-                                            "that reject it)."),
+             response_format: str = typer.Option(
+                 "auto", help="How the answer's JSON form is requested: auto (json_schema, else json_object, else "
+                 "none, as the server accepts), json_schema, json_object or none."),
+             json_mode: Optional[bool] = typer.Option(None, "--json-mode/--no-json-mode", hidden=True,
+                                                      help="Deprecated: --response-format json_object / none."),
              max_attempts: int = typer.Option(5, min=1, help="Tries per class (backoff on 429, timeouts, 5xx)."),
              timeout: float = typer.Option(120.0, help="Seconds per request."),
              skip_failed: bool = typer.Option(False, help="Go on after a class fails (the file is then not written)."),
@@ -273,12 +276,16 @@ def describe(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = S
                    + (f" ({event.attempts} attempts)" if event.attempts > 1 else ""))
 
     try:
+        if json_mode is not None:
+            if response_format != "auto":
+                raise ValueError("give --response-format alone (--json-mode/--no-json-mode are its old spelling)")
+            response_format = "json_object" if json_mode else "none"
         cfg = load_config(config, set_ or [])
         settings = DescribeSettings(
             model=model, output=output, cache=cache or output.with_suffix(".cache.jsonl"), base_url=base_url,
             api_key_env=api_key_env, n_representative=n_representative, n_diverse=n_diverse, selection=selection,
             seed=cfg.train.seed, parameters=GenerationParameters(min_phrases=min_phrases, max_phrases=max_phrases,
-                                                                 json_mode=json_mode),
+                                                                 response_format=response_format),
             timeout=timeout, max_attempts=max_attempts, on_failure="skip" if skip_failed else "raise")
         summary = describe_dataset(cfg, settings, progress=report, show_bars=progress)
     except USER_ERRORS as exc:
