@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, Union
 
+from ..errors import MissingExtraError, SetupError, SpacilError, UsageError
 from .answers import InvalidAnswer, parse_answer
 from .fileformat import MAX_PHRASES, MAX_WORDS, MIN_PHRASES, DescriptionSet, save_description_file
 from .prompt import PROMPT_VERSION, build_prompt
@@ -132,7 +133,7 @@ class GenerationSummary:
         return not self.failed
 
 
-class DescriptionGenerationError(RuntimeError):
+class DescriptionGenerationError(SpacilError, RuntimeError):
     """A class could not be described; classes finished before it are safe in the cache."""
 
     def __init__(self, message: str, class_name: str, summary: GenerationSummary):
@@ -242,7 +243,7 @@ def _import_openai():
     try:
         import openai
     except ImportError as exc:
-        raise ImportError("generating descriptions needs the OpenAI client: install spacil[llm] "
+        raise MissingExtraError("generating descriptions needs the OpenAI client: install spacil[llm] "
                           "(pip install 'spacil[llm]')") from exc
     return openai
 
@@ -268,7 +269,7 @@ class DescriptionGenerator:
         openai = _import_openai()
         api_key = os.environ.get(api_key_env)
         if not api_key:
-            raise RuntimeError(f"environment variable {api_key_env} is not set; the API key is read from the "
+            raise SetupError(f"environment variable {api_key_env} is not set; the API key is read from the "
                                "environment only")
         self.model = model
         self.cache_path = Path(cache_path)
@@ -494,7 +495,7 @@ class _ClassFailed(Exception):
 def _one(values: list[Any], what: str) -> Any:
     distinct = {json.dumps(v, sort_keys=True) for v in values}
     if len(distinct) != 1:
-        raise ValueError(f"cache entries come from different {what}s ({len(distinct)}); export them separately")
+        raise UsageError(f"cache entries come from different {what}s ({len(distinct)}); export them separately")
     return values[0]
 
 
@@ -511,13 +512,13 @@ def export_description_file(entries: Mapping[str, CacheEntry] | Iterable[CacheEn
     by_name = dict(entries) if isinstance(entries, Mapping) else {e.class_name: e for e in entries}
     missing = [n for n in class_order if n not in by_name]
     if missing and not allow_missing:
-        raise ValueError(f"no generated descriptions for {len(missing)} class(es): {', '.join(missing)}")
+        raise UsageError(f"no generated descriptions for {len(missing)} class(es): {', '.join(missing)}")
     if missing:
         logger.warning("description file %s leaves out %d class(es) without descriptions: %s", path, len(missing),
                        ", ".join(missing))
     chosen = [by_name[n] for n in class_order if n in by_name]
     if not chosen:
-        raise ValueError("no entries to export")
+        raise UsageError("no entries to export")
     model = _one([e.provenance["model"] for e in chosen], "model")
     prompt_version = _one([e.provenance["prompt_version"] for e in chosen], "prompt version")
     parameters = _one([e.parameters for e in chosen], "generation parameter")
