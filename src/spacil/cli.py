@@ -39,6 +39,13 @@ def _fail(exc: BaseException, where: str = "") -> None:
     raise typer.Exit(code=2)
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging and full tracebacks."),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only.")) -> None:
@@ -140,7 +147,7 @@ def compare(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
     try:
         cfg = load_config(config, set_ or [])
         names = [v.strip() for v in variants.split(",") if v.strip()] if variants else default_variants()
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        seed_list = _seeds(seeds)
         rows = run_comparison(cfg, names, seed_list, output, progress=progress)
     except USER_ERRORS as exc:
         _fail(exc)
@@ -166,7 +173,7 @@ def demo(output: Path = typer.Option(Path("spacil-demo"), help="Report folder (d
     try:
         settings = DemoSettings(output=output, overrides=list(set_ or []),
                                 variants=[v.strip() for v in variants.split(",")] if variants else default_variants(),
-                                seeds=[int(s) for s in seeds.split(",") if s.strip()], n_classes=n_classes,
+                                seeds=_seeds(seeds), n_classes=n_classes,
                                 n_train=n_train, n_test=n_test, image_size=image_size)
         report, rows = run_demo(settings, progress=progress)
     except USER_ERRORS as exc:

@@ -58,16 +58,16 @@ class GenerationParameters:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_phrases <= self.max_phrases:
-            raise ValueError(f"need 1 <= min_phrases <= max_phrases, got {self.min_phrases}, {self.max_phrases}")
+            raise UsageError(f"need 1 <= min_phrases <= max_phrases, got {self.min_phrases}, {self.max_phrases}")
         if self.max_words < 1:
-            raise ValueError("max_words must be >= 1")
+            raise UsageError("max_words must be >= 1")
         if self.response_format not in RESPONSE_FORMATS:
-            raise ValueError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
+            raise UsageError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
                              f"got {self.response_format!r}")
         if self.image_format not in ("auto", "png", "jpeg"):
-            raise ValueError(f"image_format must be auto, png or jpeg, got {self.image_format!r}")
+            raise UsageError(f"image_format must be auto, png or jpeg, got {self.image_format!r}")
         if self.max_image_side is not None and self.max_image_side < 1:
-            raise ValueError("max_image_side must be >= 1 or None")
+            raise UsageError("max_image_side must be >= 1 or None")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
