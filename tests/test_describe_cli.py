@@ -35,3 +35,33 @@ def test_describe_writes_a_valid_file_from_guidance_images(image_folder, tmp_pat
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "done 0, from cache 4" in again.output
     assert sum(server.requests.values()) == 4, "a rerun must not ask the model again"
+
+
+def test_describe_finishes_against_a_server_without_json_modes(image_folder, tmp_path, server):  # noqa: F811
+    """Local servers reject response_format and answer in their own shapes: every class still gets described."""
+    server.rejected_formats = {"json_schema", "json_object"}
+    server.scripts.update({"class 00": ["descriptions"], "class 01": ["bare_list"], "class 02": ["bullets"]})
+    out = tmp_path / "desc.json"
+    args = ["describe", "--model", "fake-vlm", "--base-url", server.base_url, "--output", str(out),
+            "--n-representative", "1", "--n-diverse", "1", "--no-progress", "--max-attempts", "1",
+            "--set", f"data.root={image_folder}", "--set", f"cache.root={tmp_path / 'cache'}",
+            "--set", "backbone.num_workers=0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "done 4, from cache 0, failed 0" in result.output
+    assert load_description_file(out).names == [f"class_{c:02d}" for c in range(4)]
+    assert sum(server.requests.values()) == 6  # 2 rejected formats, then one request per class
+
+    again = runner.invoke(app, args + ["--no-json-mode"])  # the old flag still parses; the format is not in the key
+    assert again.exit_code == 0 and "done 0, from cache 4" in again.output
+    assert sum(server.requests.values()) == 6, "a rerun must not ask the model again"
+
+    fresh = runner.invoke(app, args + ["--response-format", "none", "--cache", str(tmp_path / "fresh.jsonl")])
+    assert fresh.exit_code == 0 and "done 4" in fresh.output
+    assert sum(server.requests.values()) == 10 and all("response_format" not in b for b in server.bodies[6:])
+
+    for bad in (["--response-format", "xml"], ["--response-format", "none", "--json-mode"]):
+        failed = runner.invoke(app, args + bad)
+        assert failed.exit_code != 0 and "Traceback" not in failed.output
+        assert len(failed.output.strip().splitlines()) == 1, failed.output
+    assert sum(server.requests.values()) == 10

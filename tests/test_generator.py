@@ -1,7 +1,8 @@
 """The description generator against a local OpenAI-compatible server (the real ``openai`` client, no network).
 
 The server runs on 127.0.0.1 in a thread. Per class (recognised from the prompt) it follows a script of
-answers: good JSON, malformed JSON, 429, 5xx, 400, or a sleep longer than the client timeout.
+answers: good JSON, malformed JSON, 429, 5xx, 400, or a sleep longer than the client timeout. It can also
+reject response formats it does not support, with a 400 as local servers do.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -29,6 +31,8 @@ from spacil.descriptions import (
     DescriptionGenerator,
     GenerationParameters,
     InvalidAnswer,
+    MAX_PHRASES,
+    MIN_PHRASES,
     PROMPT_VERSION,
     export_description_file,
     load_cache,
@@ -54,6 +58,7 @@ class FakeLLM:
         self.requests: Counter[str] = Counter()
         self.bodies: list[dict] = []
         self.headers: list[dict] = []
+        self.rejected_formats: set[str] = set()  # response_format types answered with a 400
         self.lock = threading.Lock()
 
     def next_action(self, name: str) -> str:
@@ -97,6 +102,14 @@ def make_handler(llm: FakeLLM):
                 llm.headers.append({k.lower(): v for k, v in self.headers.items()})
             prompt = body["messages"][0]["content"][0]["text"]
             name = re.search(r'class "([^"]+)"', prompt).group(1)
+            kind = body.get("response_format", {}).get("type")
+            if kind in llm.rejected_formats:
+                with llm.lock:
+                    llm.requests[name] += 1
+                message = ("response_format is not supported" if kind == "json_object"
+                           else f"Unsupported value: 'response_format.type' does not support '{kind}'")
+                self._send(400, {"error": {"message": message, "type": "invalid_request_error"}})
+                return
             action = llm.next_action(name)
             good = json.dumps({"phrases": phrases_for(name)})
             if action == "good":
@@ -108,9 +121,22 @@ def make_handler(llm: FakeLLM):
             elif action == "too_few":
                 self._send(200, self._completion(json.dumps(
                     {"phrases": ["pointed ears", "Pointed ears ", "", name, "bushy tail"]})))
+            elif action == "descriptions":  # what local models often answer without JSON mode
+                doc = json.dumps({"descriptions": phrases_for(name)}, indent=2)
+                self._send(200, self._completion(f"Sure! Here are the cues:\n```json\n{doc}\n```\nHope this helps."))
+            elif action == "bare_list":
+                self._send(200, self._completion(json.dumps(phrases_for(name))))
+            elif action == "bullets":
+                self._send(200, self._completion("Visual cues:\n" + "\n".join(f"{i}. {p}" for i, p in
+                                                                               enumerate(phrases_for(name), 1))))
             elif action == "429":
                 self._send(429, {"error": {"message": "slow down", "type": "rate_limit_exceeded"}},
                            {"retry-after": "0.3"})
+            elif action.startswith("429:"):  # 429 with the given Retry-After value
+                self._send(429, {"error": {"message": "slow down", "type": "rate_limit_exceeded"}},
+                           {"retry-after": action[4:]})
+            elif action in ("502", "503"):
+                self._send(int(action), {"error": {"message": "upstream unavailable"}})
             elif action == "500":
                 self._send(500, {"error": {"message": "server exploded", "type": "server_error"}})
             elif action == "400":
@@ -186,7 +212,7 @@ def test_good_answer_request_and_cache_entry(server, tmp_path, images):
 
     body, headers = server.bodies[0], server.headers[0]
     assert body["model"] == "fake-vlm"
-    assert body["response_format"] == {"type": "json_object"}
+    assert body["response_format"]["type"] == "json_schema"  # the default (auto) asks for the strictest form
     content = body["messages"][0]["content"]
     assert 'class "red fox"' in content[0]["text"] and "toy animals" in content[0]["text"]
     urls = [part["image_url"]["url"] for part in content[1:]]
@@ -296,7 +322,7 @@ def test_cache_key_depends_on_model_and_images_not_their_order(server, tmp_path,
 
 def test_json_mode_off_accepts_fenced_answer_and_pil_images(server, tmp_path):
     pil = Image.new("RGB", (5, 5), (0, 128, 255))
-    params = GenerationParameters(json_mode=False, image_detail="low")
+    params = GenerationParameters(response_format="none", image_detail="low")
     summary = make_generator(server, tmp_path, parameters=params).generate([ClassImages("otter", [pil])])
     server.scripts["otter"] = []
     assert summary.done == ["otter"]
@@ -373,8 +399,118 @@ def test_parse_answer_cleans_and_validates():
                                                           "black legs", "rusty orange coat", "narrow pointed snout"]
     with pytest.raises(InvalidAnswer, match="5 usable phrases"):  # same answer, but 6 are required
         parse_answer(content, "red_fox", 6, 10, 12)
-    for bad in ('["a", "b"]', '{"phrases": "a, b"}', '{"phrases": [1, 2]}', "", None, "nope"):
+    for bad in ('{"phrases": "a, b"}', '{"phrases": [1, 2]}', '{"colours": ["red"], "shapes": ["round"]}',
+                '{"phrases": ["pointed ears", ', "", None, "nope", "I cannot see the image."):
         with pytest.raises(InvalidAnswer):
             parse_answer(bad, "red_fox", 1, 10, 12)
     with pytest.raises(InvalidAnswer, match="expected 1-3"):
         parse_answer(json.dumps({"phrases": ["a", "b", "c", "d"]}), "x", 1, 3, 12)
+
+
+# ----------------------------------------------------------------------------------------------- real-world answers
+CUES = ["long upright ears", "white tail tip", "black legs", "rusty orange coat", "narrow pointed snout"]
+
+
+@pytest.mark.parametrize("content", [
+    json.dumps({"descriptions": CUES}),
+    json.dumps(CUES),
+    "Here is the JSON you asked for: " + json.dumps({"visual_cues": CUES}),
+    "```json\n" + json.dumps({"descriptions": CUES}, indent=2) + "\n```\nLet me know if you need more.",
+    "```\n" + json.dumps({"cues": CUES}) + "\n```",
+    json.dumps({"class": "red fox", "count": 5, "features": CUES, "scores": [1, 2]}),
+    json.dumps({"red fox": {"cues": CUES}}),
+    json.dumps({"phrases": [{"phrase": c} for c in CUES]}),
+    json.dumps([{"text": c, "confidence": 0.9} for c in CUES]),
+    json.dumps({"phrases": [f"{i}. {c}" for i, c in enumerate(CUES, 1)]}),
+    "Visual cues of the red fox:\n" + "\n".join(f"- {c}" for c in CUES),
+    "\n".join(f"{i}) **{c}**" for i, c in enumerate(CUES, 1)),
+], ids=["other_key", "bare_list", "after_prose", "json_fence_then_prose", "plain_fence", "one_list_among_keys",
+        "nested_single_key", "phrase_objects", "objects_with_extras", "numbered_strings", "bullets", "numbered_lines"])
+def test_parse_answer_accepts_what_models_return(content):
+    assert parse_answer(content, "red_fox", 5, 10, 12) == CUES
+
+
+def test_parse_answer_rejects_answers_without_a_usable_list():
+    for bad, reason in (("I cannot see the image.", "no phrase list found"),
+                        (json.dumps({"colours": ["red"], "shapes": ["round"]}), "no phrase list found"),
+                        ('{"phrases": ["pointed ears", ', "no phrase list found"),
+                        (json.dumps({"phrases": []}), "no phrase list found")):
+        with pytest.raises(InvalidAnswer, match=reason):
+            parse_answer(bad, "red_fox", 1, 10, 12)
+
+
+# ----------------------------------------------------------------------------------------------- real-world servers
+def test_real_world_server_describes_every_class_and_rerun_sends_nothing(server, tmp_path, images, caplog):
+    server.rejected_formats = {"json_schema", "json_object"}
+    server.scripts.update({"ant": ["429:0", "500", "descriptions"], "bee": ["429:1", "502", "bare_list"],
+                           "cat": ["503", "bullets"], "dog": ["sleep"]})
+    classes = [ClassImages(n, images(i)) for i, n in enumerate(["ant", "bee", "cat", "dog"])]
+    sleeps = Sleeps()
+    with caplog.at_level(logging.WARNING, logger="spacil.descriptions.generator"):
+        summary = make_generator(server, tmp_path, sleeps, max_delay=5.0).generate(classes)
+    assert summary.done == ["ant", "bee", "cat", "dog"] and summary.complete
+    assert all(summary.entries[n].phrases == phrases_for(n) for n in summary.done)
+    # json_schema and json_object were each rejected once, then never sent again
+    assert [b.get("response_format", {}).get("type") for b in server.bodies[:3]] == ["json_schema", "json_object",
+                                                                                     None]
+    assert all("response_format" not in b for b in server.bodies[2:])
+    assert caplog.text.count("does not accept response_format") == 2
+    assert server.requests == {"ant": 5, "bee": 3, "cat": 2, "dog": 2}
+    assert sleeps == [0.1, 0.2, 1.0, 0.2, 0.1, 0.1]  # Retry-After 0 and 1 honoured, 5xx/timeout backoff
+    assert [summary.entries[n].provenance["attempts"] for n in summary.done] == [3, 3, 2, 2]
+    assert {summary.entries[n].provenance["response_format"] for n in summary.done} == {"none"}
+
+    for mode in ("auto", "json_object"):  # the response format is not part of the cache key
+        again = make_generator(server, tmp_path, parameters=GenerationParameters(response_format=mode))
+        assert again.generate(classes).cached == ["ant", "bee", "cat", "dog"]
+    assert sum(server.requests.values()) == 12, "a rerun must not send a single request"
+    exported = export_description_file(load_cache(tmp_path / "cache.jsonl"), ["ant", "bee", "cat", "dog"], "toy",
+                                       tmp_path / "toy.json")
+    assert exported.provenance["ant"]["response_format"] == "none"
+
+
+def test_json_schema_carries_library_limits_and_auto_steps_down_once(server, tmp_path, images, caplog):
+    summary = make_generator(server, tmp_path).generate({"ant": images(1)})
+    (body,) = server.bodies
+    assert body["response_format"]["type"] == "json_schema"
+    schema = body["response_format"]["json_schema"]["schema"]
+    assert schema["required"] == ["phrases"] and schema["additionalProperties"] is False
+    assert schema["properties"]["phrases"] == {"type": "array", "items": {"type": "string"},
+                                               "minItems": MIN_PHRASES, "maxItems": MAX_PHRASES}
+    assert summary.entries["ant"].provenance["response_format"] == "json_schema"
+
+    server.rejected_formats = {"json_schema"}
+    with caplog.at_level(logging.WARNING, logger="spacil.descriptions.generator"):
+        summary = make_generator(server, tmp_path).generate({"bee": images(2), "cat": images(3)})
+    assert summary.done == ["bee", "cat"] and server.requests == {"ant": 1, "bee": 2, "cat": 1}
+    assert [b["response_format"]["type"] for b in server.bodies[1:]] == ["json_schema", "json_object", "json_object"]
+    assert caplog.text.count("does not accept response_format json_schema") == 1
+    prov = summary.entries["cat"].provenance
+    assert prov["attempts"] == 1 and prov["response_format"] == "json_object"
+
+
+def test_explicit_response_format_is_kept_and_rejection_explained(server, tmp_path, images):
+    server.rejected_formats = {"json_object"}
+    sleeps = Sleeps()
+    params = GenerationParameters(response_format="json_object")
+    summary = make_generator(server, tmp_path, sleeps, parameters=params).generate({"ant": images(1)},
+                                                                                   on_failure="skip")
+    assert "400" in summary.failed["ant"] and "use 'auto' or 'none'" in summary.failed["ant"]
+    assert server.requests["ant"] == 1 and sleeps == []
+    summary = make_generator(server, tmp_path, parameters=GenerationParameters(response_format="none")).generate(
+        {"ant": images(1)})
+    assert summary.done == ["ant"] and "response_format" not in server.bodies[-1]
+    with pytest.raises(ValueError, match="response_format must be one of"):
+        GenerationParameters(response_format="xml")
+
+
+def test_retry_after_http_date_is_honoured_and_capped(server, tmp_path, images):
+    now = datetime.now(timezone.utc)
+    http_date = lambda seconds: format_datetime(now + timedelta(seconds=seconds), usegmt=True)  # noqa: E731
+    server.scripts["ant"] = [f"429:{http_date(4)}", f"429:{http_date(3600)}", f"429:{http_date(-60)}",
+                             "429:not a date"]
+    sleeps = Sleeps()
+    summary = make_generator(server, tmp_path, sleeps, max_attempts=5, max_delay=10.0).generate({"ant": images(1)})
+    assert summary.done == ["ant"] and server.requests["ant"] == 5
+    assert 2.0 < sleeps[0] <= 4.0  # the date, in seconds from now
+    assert sleeps[1:] == [10.0, 0.4, 0.8]  # capped at max_delay; past or unreadable dates: our own backoff

@@ -9,31 +9,48 @@ from typing import List, Optional
 
 import typer
 
-from .config import ConfigError, list_presets, load_config
+from .config import list_presets, load_config
+from .errors import MissingFileError, SpacilError, UsageError
 from .descriptions.fileformat import MAX_PHRASES, MIN_PHRASES
 from .methods import all_variants, default_variants, list_methods
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="SPA (Semantic-guided Patch-level Alignment) for CLIP-based class-incremental learning.")
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, FileNotFoundError, FileExistsError,
-                                                RuntimeError, ImportError)
+#: What the CLI reports in a few lines: problems the user can fix. Everything else is a bug or an
+#: environment failure (out of memory, a shape mismatch) and keeps its full traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (SpacilError,)
+MAX_MESSAGE_LINES = 8  # a description file's first violations, not a screenful
+
+_STATE = {"verbose": False}
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Preset name (see `spa-cil info`) or path to a YAML file.")
 SetOption = typer.Option(None, "--set", "-s", help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
 
 
 def _fail(exc: BaseException, where: str = "") -> None:
-    """One line on stderr instead of a traceback for errors the user can fix."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    typer.secho(f"error{f' ({where})' if where else ''}: {message}", err=True, fg=typer.colors.RED)
+    """A few lines on stderr instead of a traceback for errors the user can fix (the traceback too under -v)."""
+    if _STATE["verbose"]:
+        logging.getLogger(__name__).error("traceback of the error below", exc_info=exc)
+    lines = str(exc).strip().splitlines() or [exc.__class__.__name__]
+    if len(lines) > MAX_MESSAGE_LINES:
+        lines = lines[:MAX_MESSAGE_LINES - 1] + [f"  ... {len(lines) - MAX_MESSAGE_LINES + 1} more lines"]
+    typer.secho(f"error{f' ({where})' if where else ''}: " + "\n".join(lines), err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging and full tracebacks."),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only.")) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    _STATE["verbose"] = verbose
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not verbose:  # open_clip logs chatter on the root logger (INFO) and a random-init notice (WARNING)
         logging.getLogger().handlers[0].addFilter(
@@ -67,7 +84,7 @@ def eval_(run_dir: Path = typer.Argument(..., help="A run folder written by `spa
 
     try:
         if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+            raise MissingFileError(f"{run_dir} is not a run folder (no config.yaml)")
         metrics = evaluate_run(run_dir, progress=progress)
     except USER_ERRORS as exc:
         _fail(exc)
@@ -97,7 +114,7 @@ def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
     try:
         cfg = load_config(config, set_ or [])
         if split not in {"train", "test", "both"}:
-            raise ValueError("--split must be train, test or both")
+            raise UsageError("--split must be train, test or both")
         backbone = load_backbone(cfg.backbone.name, cfg.backbone.checkpoint, rank_device(cfg.backbone.device),
                                  cfg.backbone.precision, cfg.data.resize)
         cache = FeatureCache(cfg.cache.root, verify=cfg.cache.verify, dtype=cfg.cache.dtype)
@@ -130,7 +147,7 @@ def compare(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
     try:
         cfg = load_config(config, set_ or [])
         names = [v.strip() for v in variants.split(",") if v.strip()] if variants else default_variants()
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        seed_list = _seeds(seeds)
         rows = run_comparison(cfg, names, seed_list, output, progress=progress)
     except USER_ERRORS as exc:
         _fail(exc)
@@ -157,7 +174,7 @@ def demo(output: Path = typer.Option(Path("spacil-demo"), help="Report folder (d
     try:
         settings = DemoSettings(output=output, overrides=list(set_ or []),
                                 variants=[v.strip() for v in variants.split(",")] if variants else default_variants(),
-                                seeds=[int(s) for s in seeds.split(",") if s.strip()], n_classes=n_classes,
+                                seeds=_seeds(seeds), n_classes=n_classes,
                                 n_train=n_train, n_test=n_test, image_size=image_size, data_seed=world_seed)
         report, rows = run_demo(settings, progress=progress)
     except USER_ERRORS as exc:
@@ -174,15 +191,20 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("check")
 def data_check(path: Path = typer.Argument(..., help="Dataset folder (root/train/<class>/..., root/test/...)."),
-               dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset key (see `spa-cil info`)."),
+               dataset: str = typer.Option("image_folder", "--dataset", "-d",
+                                           help="Dataset key (see `spa-cil info`); default: a generic image folder."),
                quick: bool = typer.Option(False, help="Skip opening every image."),
                workers: int = typer.Option(4, min=1, help="Threads that open images."),
                progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
-    """Validate a dataset folder: classes, images per split, unreadable files; one screen of findings."""
+    """Validate a dataset folder: classes, images per split, empty, non-image and unreadable files; one screen."""
     from .data.check import check_dataset
+    from .data.folder_check import check_image_folder
 
     try:
-        report = check_dataset(dataset, path, verify_images=not quick, workers=workers, progress=progress)
+        if dataset == "image_folder":
+            report = check_image_folder(path, verify_images=not quick, workers=workers, progress=progress)
+        else:
+            report = check_dataset(dataset, path, verify_images=not quick, workers=workers, progress=progress)
     except USER_ERRORS as exc:
         _fail(exc)
     typer.echo(report.render())
@@ -199,13 +221,13 @@ def data_convert(dataset: str = typer.Argument(..., help="cub200, food101, image
                  test_fraction: float = typer.Option(0.2, help="Test share per class (ImageNet-R, ObjectNet)."),
                  partition: int = typer.Option(1, help="SUN397 partition number (1..10).")) -> None:
     """Convert an official dataset release into the train/test folder layout of the protocol."""
-    from .data.convert import ConversionError, convert
+    from .data.convert import convert
 
     try:
         if link not in {"hardlink", "copy", "symlink"}:
-            raise ValueError("--link must be hardlink, copy or symlink")
+            raise UsageError("--link must be hardlink, copy or symlink")
         summary = convert(dataset, src, dst, link, seed, test_fraction, partition)
-    except (ConversionError, *USER_ERRORS) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     counts = summary["counts"]
     typer.echo(f"{dataset}: {counts.get('train', 0)} train / {counts.get('test', 0)} test images of "
@@ -261,8 +283,11 @@ def describe(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = S
              n_diverse: int = typer.Option(2, min=0, help="Farthest-point images."),
              selection: str = typer.Option("centroid", help="Representative rule: centroid or kmeans."),
              min_phrases: int = typer.Option(MIN_PHRASES, min=1), max_phrases: int = typer.Option(MAX_PHRASES, min=1),
-             json_mode: bool = typer.Option(True, help="Ask for response_format=json_object (disable for servers "
-                                            "that reject it)."),
+             response_format: str = typer.Option(
+                 "auto", help="How the answer's JSON form is requested: auto (json_schema, else json_object, else "
+                 "none, as the server accepts), json_schema, json_object or none."),
+             json_mode: Optional[bool] = typer.Option(None, "--json-mode/--no-json-mode", hidden=True,
+                                                      help="Deprecated: --response-format json_object / none."),
              max_attempts: int = typer.Option(5, min=1, help="Tries per class (backoff on 429, timeouts, 5xx)."),
              timeout: float = typer.Option(120.0, help="Seconds per request."),
              skip_failed: bool = typer.Option(False, help="Go on after a class fails (the file is then not written)."),
@@ -276,12 +301,16 @@ def describe(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = S
                    + (f" ({event.attempts} attempts)" if event.attempts > 1 else ""))
 
     try:
+        if json_mode is not None:
+            if response_format != "auto":
+                raise UsageError("give --response-format alone (--json-mode/--no-json-mode are its old spelling)")
+            response_format = "json_object" if json_mode else "none"
         cfg = load_config(config, set_ or [])
         settings = DescribeSettings(
             model=model, output=output, cache=cache or output.with_suffix(".cache.jsonl"), base_url=base_url,
             api_key_env=api_key_env, n_representative=n_representative, n_diverse=n_diverse, selection=selection,
             seed=cfg.train.seed, parameters=GenerationParameters(min_phrases=min_phrases, max_phrases=max_phrases,
-                                                                 json_mode=json_mode),
+                                                                 response_format=response_format),
             timeout=timeout, max_attempts=max_attempts, on_failure="skip" if skip_failed else "raise")
         summary = describe_dataset(cfg, settings, progress=report, show_bars=progress)
     except USER_ERRORS as exc:

@@ -191,13 +191,24 @@ def _read_yaml(source: str | Path) -> dict[str, Any]:
         if not preset.is_file():
             raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
         text = preset.read_text()
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error_line(source, exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {source} must be a YAML mapping at top level")
     base = data.pop("extends", None)
     if base is not None:
         data = deep_merge(_read_yaml(base), data)
     return data
+
+
+def _yaml_error_line(source: str | Path, exc: yaml.YAMLError) -> str:
+    """``file:line:column: what`` for a YAML syntax error (lines and columns counted from 1, as editors do)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(source)
+    what = " ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+    return f"{where}: YAML syntax error: {what or exc.__class__.__name__}; fix the file (indentation, a missing ':')"
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from .errors import SpacilError
 
-class ConfigError(ValueError):
+
+class ConfigError(SpacilError, ValueError):
     """A configuration that cannot be used; the message is one line meant for the user."""
 
 

@@ -18,13 +18,14 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..errors import SpacilError
 from .registry import BackboneSpec, local_model_config_dir, resolve_backbone
 from .transforms import RESIZE_MODES, image_transform
 
 logger = logging.getLogger(__name__)
 
 
-class BackboneLoadError(RuntimeError):
+class BackboneLoadError(SpacilError, RuntimeError):
     """The backbone could not be built (unknown name, weights absent offline, unsupported tower)."""
 
 

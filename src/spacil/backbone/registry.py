@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..errors import MissingFileError, UsageError
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -61,19 +63,19 @@ def resolve_backbone(name: str, checkpoint: Path | str | None = None) -> Backbon
         if spec.pretrained and spec.pretrained.startswith(PACKAGE_PREFIX):
             path = package_file(spec.pretrained[len(PACKAGE_PREFIX):])
             if not path.is_file():
-                raise FileNotFoundError(f"backbone {name}: shipped weights {path} are missing from the installation")
+                raise MissingFileError(f"backbone {name}: shipped weights {path} are missing from the installation")
             spec = BackboneSpec(spec.alias, spec.arch, str(path), spec.description)
     elif "@" in name:
         arch, _, tag = name.partition("@")
         if not arch or not tag:
-            raise ValueError(f"backbone {name!r}: expected ARCH@TAG, ARCH@/path/to/weights or ARCH@random")
+            raise UsageError(f"backbone {name!r}: expected ARCH@TAG, ARCH@/path/to/weights or ARCH@random")
         spec = BackboneSpec(name, arch, None if tag == "random" else tag, "user-specified open_clip model")
     else:
         known = ", ".join(sorted(ALIASES))
-        raise ValueError(f"unknown backbone {name!r}; use one of {known}, or ARCH@TAG / ARCH@/path/to/weights")
+        raise UsageError(f"unknown backbone {name!r}; use one of {known}, or ARCH@TAG / ARCH@/path/to/weights")
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"backbone checkpoint not found: {path}")
+            raise MissingFileError(f"backbone checkpoint not found: {path}")
         spec = BackboneSpec(spec.alias, spec.arch, str(path), f"{spec.arch} with local weights {path.name}")
     return spec

@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import SpacilError
 from .datasets import IMAGE_EXTENSIONS
 from .protocol import protocol_class_names, protocol_spec, release_folder_names, shipped_class_names
 
 
-class ConversionError(RuntimeError):
+class ConversionError(SpacilError, RuntimeError):
     """The release does not look like the one the converter expects; the message says what is off."""
 
 

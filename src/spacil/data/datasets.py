@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import SpacilError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DATA_ROOT_ENV = "SPACIL_DATA_ROOT"
 
 
-class DatasetError(ValueError):
+class DatasetError(SpacilError, ValueError):
     """A dataset that cannot be loaded as asked; the message says what is wrong and where."""
 
 

@@ -15,10 +15,12 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import SpacilError
+
 CLASS_ORDER_PACKAGE = "spacil.data.class_orders"
 
 
-class ScenarioError(ValueError):
+class ScenarioError(SpacilError, ValueError):
     """A class order or split that cannot describe a valid class-incremental scenario."""
 
 

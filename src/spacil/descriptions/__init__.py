@@ -25,21 +25,21 @@ from .fileformat import (
     validate_document,
     verify_checksum,
 )
+from .answers import InvalidAnswer, parse_answer
 from .generator import (
+    RESPONSE_FORMATS,
     CacheEntry,
     ClassImages,
     DescriptionGenerationError,
     DescriptionGenerator,
     GenerationParameters,
     GenerationSummary,
-    InvalidAnswer,
     ProgressEvent,
     append_cache,
     cache_key,
     encode_image,
     export_description_file,
     load_cache,
-    parse_answer,
 )
 from .guidance import GuidanceSelection, select_guidance, spherical_kmeans
 from .prompt import PROMPT_VERSION, build_prompt
@@ -54,5 +54,5 @@ __all__ = [
     "PROMPT_VERSION", "build_prompt",
     "CacheEntry", "ClassImages", "DescriptionGenerationError", "DescriptionGenerator", "GenerationParameters",
     "GenerationSummary", "InvalidAnswer", "ProgressEvent", "append_cache", "cache_key", "encode_image",
-    "export_description_file", "load_cache", "parse_answer",
+    "export_description_file", "load_cache", "parse_answer", "RESPONSE_FORMATS",
 ]

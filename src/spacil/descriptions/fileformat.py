@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..errors import SpacilError
 from ..io import write_text_atomic
 from ..names import comparable
 
@@ -45,14 +46,20 @@ class Violation:
         return f"{where}: rule '{self.rule}': {self.detail}"
 
 
-class DescriptionFileError(ValueError):
-    """A description file breaks the contract; ``violations`` lists every broken rule."""
+class DescriptionFileError(SpacilError, ValueError):
+    """A description file breaks the contract; ``violations`` lists every broken rule (the first few in the message)."""
+
+    SHOWN = 5
 
     def __init__(self, source: str, violations: Sequence[Violation]):
         self.source = source
         self.violations = list(violations)
-        lines = "\n  ".join(str(v) for v in self.violations)
-        super().__init__(f"{source}: {len(self.violations)} contract violation(s):\n  {lines}")
+        shown = [str(v) for v in self.violations[:self.SHOWN]]
+        if len(self.violations) > self.SHOWN:
+            shown.append(f"... and {len(self.violations) - self.SHOWN} more (DescriptionFileError.violations)")
+        lines = "\n  ".join(shown)
+        super().__init__(f"{source}: {len(self.violations)} contract violation(s):\n  {lines}\n"
+                         f"fix the file (its checksum is recomputed by save_description_file) or regenerate it")
 
 
 def compute_checksum(classes: Sequence[Mapping[str, Any]]) -> str:

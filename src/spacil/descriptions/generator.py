@@ -11,23 +11,31 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import email.utils
 import hashlib
 import io
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, Union
 
-from .fileformat import DescriptionSet, is_only_class_name, save_description_file
+from ..errors import MissingExtraError, SetupError, SpacilError, UsageError
+from .answers import InvalidAnswer, parse_answer
+from .fileformat import MAX_PHRASES, MAX_WORDS, MIN_PHRASES, DescriptionSet, save_description_file
 from .prompt import PROMPT_VERSION, build_prompt
 
 logger = logging.getLogger(__name__)
 
 ImageLike = Union[str, os.PathLike, "PIL.Image.Image"]  # noqa: F821 (PIL imported lazily)
+ResponseFormat = Literal["auto", "json_schema", "json_object", "none"]
+RESPONSE_FORMATS: tuple[str, ...] = ("auto", "json_schema", "json_object", "none")
+_AUTO_LADDER = ("json_schema", "json_object", "none")  # tried in this order, stepping down on a 400 naming it
+_NAMES_RESPONSE_FORMAT = re.compile(r"response[_ ]?format|json[_ ]?(?:schema|object|mode)|structured output", re.I)
 
 
 # ----------------------------------------------------------------------------------------------- data types
@@ -35,11 +43,13 @@ ImageLike = Union[str, os.PathLike, "PIL.Image.Image"]  # noqa: F821 (PIL import
 class GenerationParameters:
     """Everything that changes what the model is asked (part of the cache key and the file's metadata)."""
 
-    min_phrases: int = 5
-    max_phrases: int = 10
-    max_words: int = 12
+    min_phrases: int = MIN_PHRASES
+    max_phrases: int = MAX_PHRASES
+    max_words: int = MAX_WORDS
     temperature: float | None = None
-    json_mode: bool = True  # response_format={"type": "json_object"}; some local servers reject it
+    # how the answer's form is enforced; auto: json_schema, then json_object, then none, as the server allows.
+    # Not part of the cache key: it changes the answer's wrapping, not what is asked.
+    response_format: ResponseFormat = "auto"
     image_format: Literal["auto", "png", "jpeg"] = "auto"  # auto: JPEG/PNG files sent as they are
     max_image_side: int | None = None  # downscale larger images (fewer image tokens); None: as they are
     jpeg_quality: int = 90
@@ -48,13 +58,16 @@ class GenerationParameters:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_phrases <= self.max_phrases:
-            raise ValueError(f"need 1 <= min_phrases <= max_phrases, got {self.min_phrases}, {self.max_phrases}")
+            raise UsageError(f"need 1 <= min_phrases <= max_phrases, got {self.min_phrases}, {self.max_phrases}")
         if self.max_words < 1:
-            raise ValueError("max_words must be >= 1")
+            raise UsageError("max_words must be >= 1")
+        if self.response_format not in RESPONSE_FORMATS:
+            raise UsageError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, "
+                             f"got {self.response_format!r}")
         if self.image_format not in ("auto", "png", "jpeg"):
-            raise ValueError(f"image_format must be auto, png or jpeg, got {self.image_format!r}")
+            raise UsageError(f"image_format must be auto, png or jpeg, got {self.image_format!r}")
         if self.max_image_side is not None and self.max_image_side < 1:
-            raise ValueError("max_image_side must be >= 1 or None")
+            raise UsageError("max_image_side must be >= 1 or None")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -120,11 +133,7 @@ class GenerationSummary:
         return not self.failed
 
 
-class InvalidAnswer(ValueError):
-    """The model answered, but not with a usable phrase list."""
-
-
-class DescriptionGenerationError(RuntimeError):
+class DescriptionGenerationError(SpacilError, RuntimeError):
     """A class could not be described; classes finished before it are safe in the cache."""
 
     def __init__(self, message: str, class_name: str, summary: GenerationSummary):
@@ -197,50 +206,6 @@ def cache_key(model: str, prompt_version: str, prompt: str, parameters: Mapping[
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _strip_code_fence(text: str) -> str:
-    """Servers without JSON mode often wrap the answer in a ```json fence."""
-    t = text.strip()
-    if t.startswith("```"):
-        t = t.split("\n", 1)[1] if "\n" in t else ""
-        if t.rstrip().endswith("```"):
-            t = t.rstrip()[:-3]
-    return t.strip()
-
-
-def parse_answer(content: str | None, class_name: str, min_phrases: int, max_phrases: int,
-                 max_words: int) -> list[str]:
-    """Validated phrases of one answer, or :class:`InvalidAnswer` saying why it is unusable.
-
-    Phrases are whitespace-normalised (and lose a trailing full stop); empty ones, case-insensitive
-    duplicates, the bare class name and phrases over ``max_words`` words are dropped, then the count
-    must lie in ``[min_phrases, max_phrases]``.
-    """
-    if content is None or not content.strip():
-        raise InvalidAnswer("empty answer")
-    try:
-        doc = json.loads(_strip_code_fence(content))
-    except json.JSONDecodeError as exc:
-        raise InvalidAnswer(f"not JSON ({exc.msg} at char {exc.pos})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("phrases"), list):
-        raise InvalidAnswer('expected a JSON object {"phrases": [...]}')
-    if not all(isinstance(p, str) for p in doc["phrases"]):
-        raise InvalidAnswer("phrases must all be strings")
-    kept: list[str] = []
-    seen: set[str] = set()
-    for raw in doc["phrases"]:
-        phrase = " ".join(raw.split()).rstrip(".").strip()
-        if not phrase or phrase.casefold() in seen or is_only_class_name(phrase, class_name):
-            continue
-        if len(phrase.split()) > max_words:
-            continue
-        seen.add(phrase.casefold())
-        kept.append(phrase)
-    if not min_phrases <= len(kept) <= max_phrases:
-        raise InvalidAnswer(f"{len(kept)} usable phrases (of {len(doc['phrases'])} given), "
-                            f"expected {min_phrases}-{max_phrases}")
-    return kept
-
-
 # ----------------------------------------------------------------------------------------------- cache
 def load_cache(path: str | os.PathLike[str]) -> list[CacheEntry]:
     """Entries of a JSONL cache in file order; a line cut short by a crash is skipped with a warning."""
@@ -278,7 +243,7 @@ def _import_openai():
     try:
         import openai
     except ImportError as exc:
-        raise ImportError("generating descriptions needs the OpenAI client: install spacil[llm] "
+        raise MissingExtraError("generating descriptions needs the OpenAI client: install spacil[llm] "
                           "(pip install 'spacil[llm]')") from exc
     return openai
 
@@ -287,8 +252,10 @@ class DescriptionGenerator:
     """Describe classes with a multimodal LLM; resumable through a JSONL cache.
 
     Retries (invalid answers, 429, timeouts, connection errors, 5xx) wait
-    ``min(max_delay, base_delay * 2**(attempt-1))`` seconds, or the server's Retry-After when longer
-    (still capped by ``max_delay``). Other API errors (400, 401, ...) fail the class at once.
+    ``min(max_delay, base_delay * 2**(attempt-1))`` seconds, or the server's Retry-After (seconds or an
+    HTTP date) when longer, still capped by ``max_delay``. A 400 that names the response format steps
+    down json_schema -> json_object -> none (with ``response_format="auto"``) for the rest of the run,
+    without using up an attempt; other API errors (400, 401, ...) fail the class at once.
     """
 
     def __init__(self, model: str, cache_path: str | os.PathLike[str], *, base_url: str | None = None,
@@ -302,7 +269,7 @@ class DescriptionGenerator:
         openai = _import_openai()
         api_key = os.environ.get(api_key_env)
         if not api_key:
-            raise RuntimeError(f"environment variable {api_key_env} is not set; the API key is read from the "
+            raise SetupError(f"environment variable {api_key_env} is not set; the API key is read from the "
                                "environment only")
         self.model = model
         self.cache_path = Path(cache_path)
@@ -316,13 +283,31 @@ class DescriptionGenerator:
         self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
         self._retryable = (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
                            openai.InternalServerError)
+        mode = self.parameters.response_format
+        self._formats = list(_AUTO_LADDER if mode == "auto" else [mode])  # [0]: the one asked for now
 
     def __repr__(self) -> str:  # never show the client (it holds the key)
         return f"DescriptionGenerator(model={self.model!r}, cache_path={str(self.cache_path)!r})"
 
     # -- one class ------------------------------------------------------------------------------------------
     def _parameters_record(self) -> dict[str, Any]:
-        return {**self.parameters.to_dict(), "dataset_hint": self.dataset_hint}
+        """What the cache key and the file's metadata record: the response format is left out, so a class
+        described once is not asked again when the format (or the server's support for it) changes."""
+        record = {**self.parameters.to_dict(), "dataset_hint": self.dataset_hint}
+        del record["response_format"]
+        return record
+
+    def _response_format(self, mode: str) -> dict[str, Any] | None:
+        p = self.parameters
+        if mode == "json_object":
+            return {"type": "json_object"}
+        if mode == "json_schema":
+            phrases = {"type": "array", "items": {"type": "string"}, "minItems": p.min_phrases,
+                       "maxItems": p.max_phrases}
+            return {"type": "json_schema", "json_schema": {"name": "visual_cue_phrases", "strict": True, "schema": {
+                "type": "object", "properties": {"phrases": phrases}, "required": ["phrases"],
+                "additionalProperties": False}}}
+        return None
 
     def prepare(self, request: ClassImages) -> tuple[str, str, list[EncodedImage]]:
         """(cache key, prompt text, encoded images) of one class, without calling the API."""
@@ -338,7 +323,7 @@ class DescriptionGenerator:
         key = cache_key(self.model, PROMPT_VERSION, prompt, self._parameters_record(), [i.sha256 for i in images])
         return key, prompt, images
 
-    def _request_kwargs(self, prompt: str, images: Sequence[EncodedImage]) -> dict[str, Any]:
+    def _request_kwargs(self, prompt: str, images: Sequence[EncodedImage], mode: str = "none") -> dict[str, Any]:
         p = self.parameters
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
         for image in images:
@@ -347,8 +332,9 @@ class DescriptionGenerator:
                 url["detail"] = p.image_detail
             content.append({"type": "image_url", "image_url": url})
         kwargs: dict[str, Any] = {"model": self.model, "messages": [{"role": "user", "content": content}]}
-        if p.json_mode:
-            kwargs["response_format"] = {"type": "json_object"}
+        response_format = self._response_format(mode)
+        if response_format is not None:
+            kwargs["response_format"] = response_format
         if p.temperature is not None:
             kwargs["temperature"] = p.temperature
         if p.extra_request:
@@ -358,30 +344,42 @@ class DescriptionGenerator:
     def _retry_delay(self, attempt: int, exc: BaseException | None) -> float:
         delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
         response = getattr(exc, "response", None)
-        header = response.headers.get("retry-after") if response is not None else None
-        if header:
-            try:
-                delay = min(self.max_delay, max(delay, float(header)))
-            except ValueError:
-                pass  # HTTP-date form: keep our own backoff
-        return delay
+        server = _retry_after_seconds(response.headers) if response is not None else None
+        return delay if server is None else min(self.max_delay, max(delay, server))
 
-    def _ask(self, name: str, prompt: str, images: Sequence[EncodedImage]) -> tuple[list[str], int]:
-        """Phrases and the number of attempts used; raises :class:`_ClassFailed` when out of attempts."""
-        kwargs = self._request_kwargs(prompt, images)
+    def _complete(self, prompt: str, images: Sequence[EncodedImage]) -> tuple[str | None, str]:
+        """Answer text and the response format it was asked in, stepping down when the server rejects one."""
+        while True:
+            mode = self._formats[0]
+            try:
+                response = self._client.chat.completions.create(**self._request_kwargs(prompt, images, mode))
+            except self._openai.APIStatusError as exc:
+                if len(self._formats) > 1 and _rejects_response_format(exc):
+                    self._formats.pop(0)
+                    logger.warning("the server does not accept response_format %s (%s); asking with %s from now on",
+                                   mode, _error_message(exc), self._formats[0])
+                    continue
+                raise
+            return (response.choices[0].message.content if response.choices else None), mode
+
+    def _ask(self, name: str, prompt: str, images: Sequence[EncodedImage]) -> tuple[list[str], int, str]:
+        """Phrases, attempts used and the response format of the answer; :class:`_ClassFailed` when out of
+        attempts."""
         p = self.parameters
         for attempt in range(1, self.max_attempts + 1):
             error: BaseException | None = None
             try:
-                response = self._client.chat.completions.create(**kwargs)
-                content = response.choices[0].message.content if response.choices else None
-                return parse_answer(content, name, p.min_phrases, p.max_phrases, p.max_words), attempt
+                content, mode = self._complete(prompt, images)
+                return parse_answer(content, name, p.min_phrases, p.max_phrases, p.max_words), attempt, mode
             except InvalidAnswer as exc:
                 reason, error = f"invalid answer: {exc}", exc
             except self._retryable as exc:
                 reason, error = f"{type(exc).__name__}: {exc}", exc
             except self._openai.APIStatusError as exc:  # 4xx other than 429: retrying will not help
-                raise _ClassFailed(f"{type(exc).__name__} (HTTP {exc.status_code}): {exc}", attempt) from exc
+                hint = ""
+                if self._formats[0] != "none" and _rejects_response_format(exc):
+                    hint = f"; the server rejects response_format {self._formats[0]}: use 'auto' or 'none'"
+                raise _ClassFailed(f"{type(exc).__name__} (HTTP {exc.status_code}): {exc}{hint}", attempt) from exc
             if attempt == self.max_attempts:
                 raise _ClassFailed(f"gave up after {attempt} attempt(s); last error: {reason}", attempt) from error
             delay = self._retry_delay(attempt, error)
@@ -417,13 +415,14 @@ class DescriptionGenerator:
                     status: Literal["done", "cached", "failed"] = "cached"
                     summary.cached.append(name)
                 else:
-                    phrases, attempts = self._ask(name, prompt, images)
+                    phrases, attempts, mode = self._ask(name, prompt, images)
                     entry = CacheEntry(key=key, class_name=name, phrases=phrases,
                                        parameters=self._parameters_record(), provenance={
                                            "model": self.model, "prompt_version": PROMPT_VERSION,
                                            "image_ids": [i.image_id for i in images],
                                            "image_sha256": [i.sha256 for i in images],
-                                           "time": _utc_now(), "attempts": attempts})
+                                           "time": _utc_now(), "attempts": attempts,
+                                           "response_format": mode})
                     append_cache(self.cache_path, entry)
                     cached[key] = entry
                     status = "done"
@@ -448,6 +447,43 @@ class DescriptionGenerator:
         return summary
 
 
+def _retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The server's requested wait: ``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date."""
+    try:
+        if headers.get("retry-after-ms"):
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+    except ValueError:
+        pass
+    value = (headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _error_message(exc: BaseException) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        body = body.get("error", body)
+    message = body.get("message") if isinstance(body, Mapping) else None
+    return str(message or exc)
+
+
+def _rejects_response_format(exc: BaseException) -> bool:
+    """A 400/422 whose message names response_format, JSON mode or json_schema."""
+    return getattr(exc, "status_code", None) in (400, 422) and bool(
+        _NAMES_RESPONSE_FORMAT.search(_error_message(exc)))
+
+
 class _ClassFailed(Exception):
     def __init__(self, reason: str, attempts: int):
         super().__init__(reason)
@@ -459,7 +495,7 @@ class _ClassFailed(Exception):
 def _one(values: list[Any], what: str) -> Any:
     distinct = {json.dumps(v, sort_keys=True) for v in values}
     if len(distinct) != 1:
-        raise ValueError(f"cache entries come from different {what}s ({len(distinct)}); export them separately")
+        raise UsageError(f"cache entries come from different {what}s ({len(distinct)}); export them separately")
     return values[0]
 
 
@@ -476,13 +512,13 @@ def export_description_file(entries: Mapping[str, CacheEntry] | Iterable[CacheEn
     by_name = dict(entries) if isinstance(entries, Mapping) else {e.class_name: e for e in entries}
     missing = [n for n in class_order if n not in by_name]
     if missing and not allow_missing:
-        raise ValueError(f"no generated descriptions for {len(missing)} class(es): {', '.join(missing)}")
+        raise UsageError(f"no generated descriptions for {len(missing)} class(es): {', '.join(missing)}")
     if missing:
         logger.warning("description file %s leaves out %d class(es) without descriptions: %s", path, len(missing),
                        ", ".join(missing))
     chosen = [by_name[n] for n in class_order if n in by_name]
     if not chosen:
-        raise ValueError("no entries to export")
+        raise UsageError("no entries to export")
     model = _one([e.provenance["model"] for e in chosen], "model")
     prompt_version = _one([e.provenance["prompt_version"] for e in chosen], "prompt version")
     parameters = _one([e.parameters for e in chosen], "generation parameter")
@@ -497,7 +533,7 @@ def export_description_file(entries: Mapping[str, CacheEntry] | Iterable[CacheEn
             + ". Answers were checked automatically (JSON, phrase count, duplicates, bare class name, length) "
             "and not edited by hand."
         )
-    keep = ("model", "prompt_version", "image_ids", "image_sha256", "time", "attempts")
+    keep = ("model", "prompt_version", "image_ids", "image_sha256", "time", "attempts", "response_format")
     descriptions = DescriptionSet(
         dataset=dataset, classes={e.class_name: list(e.phrases) for e in chosen}, produced_by=produced_by,
         generator={"model": model, "prompt_version": prompt_version, "parameters": parameters},

@@ -21,6 +21,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -148,9 +150,9 @@ def select_guidance(features, n_representative: int, n_diverse: int, seed: int,
     Asking for more images than the class has returns every image once, with a warning.
     """
     if n_representative < 0 or n_diverse < 0:
-        raise ValueError("n_representative and n_diverse must be >= 0")
+        raise UsageError("n_representative and n_diverse must be >= 0")
     if method not in ("centroid", "kmeans"):
-        raise ValueError(f"method must be 'centroid' or 'kmeans', got {method!r}")
+        raise UsageError(f"method must be 'centroid' or 'kmeans', got {method!r}")
     x = _as_unit_rows(features)
     n = x.shape[0]
     if n_representative + n_diverse > n:

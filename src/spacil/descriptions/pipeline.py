@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import UsageError
 from ..config import Config
 from .generator import (ClassImages, DescriptionGenerator, GenerationParameters, GenerationSummary, ProgressEvent,
                         export_description_file)
@@ -60,7 +61,7 @@ def guidance_requests(config: Config, settings: DescribeSettings, progress: bool
     for label, name in enumerate(feats.class_names):
         rows = np.flatnonzero(feats.labels == label)
         if rows.size == 0:
-            raise ValueError(f"class {name!r} has no readable training images")
+            raise UsageError(f"class {name!r} has no readable training images")
         picked = select_guidance(global_[rows], settings.n_representative, settings.n_diverse,
                                  seed=settings.seed + label, method=settings.selection)
         ids = [feats.sample_ids[rows[i]] for i in picked.indices]

@@ -20,22 +20,27 @@ import json
 import logging
 import os
 import shutil
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..errors import SpacilError
 from ..io import compact_array, fsync_file, new_array, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
+OWNER_FILE = "owner.json"  # in a .partial folder: which process on which host is writing it
+STALE_AGE_S = 24 * 3600  # a partial folder of another host (or unstamped) untouched this long is abandoned
 ARRAY_FILES = ("global.npy", "patches.npy", "labels.npy")
 STORAGE_DTYPES = ("float16", "float32")
 
 
-class CacheError(RuntimeError):
+class CacheError(SpacilError, RuntimeError):
     """A cache entry that exists but cannot be trusted (stale, truncated, tampered)."""
 
 
@@ -50,6 +55,19 @@ class FeatureSet:
     class_names: list[str]
     skipped: list[str] = field(default_factory=list)
     location: Path | None = None
+    key: str | None = None  # the cache key: what a run's results are keyed on
+
+    def check_finite(self, rows: np.ndarray, arrays: Sequence[np.ndarray]) -> None:
+        """Raise :class:`CacheError` naming the entry and a sample if ``arrays`` (rows of this set) hold NaN/inf.
+
+        Cheap where it is called (on rows already read for training or scoring), and it turns a failure far
+        downstream (a covariance that is not positive definite, NaN accuracy) into the file to delete.
+        """
+        for arr in arrays:
+            finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+            if not finite.all():
+                bad = int(np.asarray(rows)[int(np.flatnonzero(~finite)[0])])
+                raise CacheError(non_finite_message(self, [bad], int((~finite).sum())))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,6 +79,15 @@ class FeatureSet:
     @property
     def num_patches(self) -> int:
         return int(self.patches.shape[1])
+
+
+def non_finite_message(features: "FeatureSet", bad_rows: Sequence[int], count: int) -> str:
+    row = int(bad_rows[0])
+    where = features.location if features.location is not None else "the extracted features"
+    name = features.class_names[int(features.labels[row])] if len(features.class_names) else "?"
+    return (f"cached features in {where} hold NaN or inf ({count} row(s), e.g. {features.sample_ids[row]}, "
+            f"class {name!r}); delete that folder and rerun to re-extract them (if they come back, the encoder "
+            "overflows: try backbone.precision=fp32)")
 
 
 def feature_key(parts: dict) -> str:
@@ -118,15 +145,66 @@ class FeatureCache:
             if list(arrays[name].shape) != info["shape"]:
                 raise CacheError(f"feature cache file {path} has shape {arrays[name].shape}, manifest says {info['shape']}; {hint}")
         ids = json.loads((folder / "ids.json").read_text())
-        return FeatureSet(
+        found = FeatureSet(
             global_=arrays["global.npy"], patches=arrays["patches.npy"], labels=np.asarray(arrays["labels.npy"]),
             sample_ids=ids["sample_ids"], class_names=manifest["class_names"], skipped=ids["skipped"], location=folder,
+            key=key,
         )
+        # the global features are small (N x D): check them whole here; patches are checked as rows are read
+        bad = np.concatenate([start + np.flatnonzero(~np.isfinite(found.global_[start:start + 65536]).all(axis=1))
+                              for start in range(0, len(found), 65536)] or [np.zeros(0, dtype=np.int64)])
+        if len(bad):
+            raise CacheError(non_finite_message(found, bad, len(bad)))
+        return found
 
     # ------------------------------------------------------------------ writing
     def writer(self, dataset: str, split: str, key: str, key_parts: dict, n: int, num_patches: int, dim: int,
                class_names: Sequence[str]) -> "CacheWriter":
         return CacheWriter(self, dataset, split, key, key_parts, n, num_patches, dim, list(class_names))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _last_modified(folder: Path) -> float:
+    times = [folder.stat().st_mtime] + [p.stat().st_mtime for p in folder.iterdir() if p.is_file()]
+    return max(times)
+
+
+def partial_is_stale(folder: Path, now: float | None = None) -> bool:
+    """Whether a ``.partial`` folder was left by a process that is gone (killed, crashed, machine rebooted).
+
+    A folder stamped by this host is stale when its pid no longer runs; one from another host, or without a
+    stamp, only when nothing in it changed for :data:`STALE_AGE_S` (a live writer is never removed).
+    """
+    try:
+        owner = json.loads((folder / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        owner = None
+    if owner is not None and owner.get("host") == socket.gethostname():
+        return not _pid_alive(int(owner["pid"]))
+    try:
+        return (now if now is not None else time.time()) - _last_modified(folder) > STALE_AGE_S
+    except OSError:
+        return False
+
+
+def remove_stale_partials(final_dir: Path) -> list[Path]:
+    """Delete the abandoned ``.partial`` folders of one cache entry (gigabytes each at ViT-B/16 scale)."""
+    removed = []
+    for folder in sorted(final_dir.parent.glob(f".{final_dir.name}.partial-*")):
+        if folder.is_dir() and partial_is_stale(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.warning("removed %s, left by an extraction that was killed", folder)
+            removed.append(folder)
+    return removed
 
 
 class CacheWriter:
@@ -138,7 +216,11 @@ class CacheWriter:
         self.tmp_dir = self.final_dir.with_name(f".{self.final_dir.name}.partial-{os.getpid()}")
         if self.tmp_dir.exists():
             shutil.rmtree(self.tmp_dir)
+        if self.final_dir.parent.is_dir():
+            remove_stale_partials(self.final_dir)
         self.tmp_dir.mkdir(parents=True)
+        write_json_atomic(self.tmp_dir / OWNER_FILE, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                      "started": time.time()})
         self.key, self.key_parts, self.class_names = key, key_parts, class_names
         self.dataset, self.split = dataset, split
         self.dtype = np.dtype(cache.dtype)
@@ -177,6 +259,7 @@ class CacheWriter:
         manifest = {"format": CACHE_FORMAT_VERSION, "key": self.key, "inputs": self.key_parts, "dataset": self.dataset,
                     "split": self.split, "n": int(len(keep)), "class_names": self.class_names, "files": files}
         write_json_atomic(self.tmp_dir / "manifest.json", manifest)
+        (self.tmp_dir / OWNER_FILE).unlink(missing_ok=True)  # the published entry belongs to no process
         if self.final_dir.exists():  # another process finished the same entry first; keep theirs
             shutil.rmtree(self.tmp_dir)
         else:

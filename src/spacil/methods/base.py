@@ -62,6 +62,11 @@ class Learner(ABC):
         return cls(getattr(config.method, cls.name))  # type: ignore[call-arg]
 
     @classmethod
+    def check(cls, config: "Config") -> None:
+        """Hook run before any feature is extracted: raise on bad input files the method will read, so a
+        broken file fails in seconds, not after hours of encoding (SPA: its description file)."""
+
+    @classmethod
     def prepare(cls, config: "Config", backbone: "FrozenCLIP", texts: "ClassTexts") -> dict | None:
         """Hook run once per run before the first task, with the backbone still loaded.
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TypeVar
 
 from pydantic import BaseModel
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
     from ..config import Config
     from .base import Learner
@@ -88,7 +90,7 @@ def list_methods() -> list[MethodEntry]:
 
 def get_method(name: str) -> MethodEntry:
     if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
+        raise UsageError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
     return _METHODS[name]
 
 

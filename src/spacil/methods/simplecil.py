@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from ..errors import UsageError
 from ..schema import StrictModel
 from .base import FeatureBatch, Learner, TaskContext
 from .registry import register_method
@@ -39,7 +40,7 @@ class SimpleCIL(Learner):
         counts = torch.bincount(labels - offset, minlength=n_new)
         if (counts == 0).any():
             missing = [offset + int(i) for i in torch.nonzero(counts == 0).flatten()]
-            raise ValueError(f"task {ctx.task}: no training samples for classes {missing}")
+            raise UsageError(f"task {ctx.task}: no training samples for classes {missing}")
         new = F.normalize(sums / counts[:, None], dim=-1)
         self.prototypes = new if self.prototypes is None else torch.cat([self.prototypes.to(ctx.device), new])
         return {"n_prototypes": int(self.prototypes.shape[0])}

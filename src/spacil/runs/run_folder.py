@@ -9,6 +9,7 @@
         accuracy_matrix.csv    R[t, j] (rewritten atomically after each stage)
         summary.json           average / last accuracy, forgetting, BWT (at the end)
         checkpoints/task_XX.safetensors   trainable state after each task
+        features.json          the feature-cache keys of the train and test features the run used
         plots/*.png            accuracy per stage, accuracy-matrix heatmap
 """
 
@@ -21,12 +22,14 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import Config, config_to_yaml
+from ..errors import MissingExtraError, MissingFileError, RunFolderError
 from ..evaluation.metrics import IncrementalMetrics, StageResult
 from ..io import atomic_path, write_json_atomic, write_text_atomic
 from .environment import collect_environment
@@ -55,9 +58,21 @@ def config_digest(config: Config) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def default_run_name(config: Config) -> str:
-    """Deterministic, so rerunning the same command finds (and resumes) the same folder."""
-    return f"{config.data.dataset}-{config.method.name}-{config_digest(config)[:10]}"
+def run_key(config: Config, features: Mapping[str, str] | None = None) -> str:
+    """:func:`config_digest` joined with the keys of the features used (split -> feature-cache key).
+
+    The feature keys hash the images' bytes and relative paths (not where the data root is), so a moved
+    dataset finds its run again while deleted or changed images give a new run instead of stale results.
+    """
+    if not features:
+        return config_digest(config)
+    blob = json.dumps({"config": config_digest(config), "features": dict(features)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def default_run_name(config: Config, features: Mapping[str, str] | None = None) -> str:
+    """Deterministic, so rerunning the same command on the same data finds (and resumes) the same folder."""
+    return f"{config.data.dataset}-{config.method.name}-{run_key(config, features)[:10]}"
 
 
 class RunFolder:
@@ -70,7 +85,7 @@ class RunFolder:
             try:
                 import tensorboard  # noqa: F401  (checked up front: fail before any work, not at stage 0)
             except ImportError:
-                raise ImportError("run.tensorboard=true needs tensorboard: pip install 'spacil[tracking]'") from None
+                raise MissingExtraError("run.tensorboard=true needs tensorboard: pip install 'spacil[tracking]'") from None
         self._tensorboard = tensorboard
 
     def _writer(self):
@@ -82,23 +97,45 @@ class RunFolder:
         return self._tb
 
     @classmethod
-    def create(cls, config: Config, device: torch.device | None = None) -> "RunFolder":
-        """A new run folder, or the unfinished one of the same config when ``run.resume`` is on."""
-        name = config.run.name or default_run_name(config)
+    def create(cls, config: Config, device: torch.device | None = None,
+               features: Mapping[str, str] | None = None) -> "RunFolder":
+        """A new run folder, or the unfinished one of the same config and features when ``run.resume`` is on.
+
+        ``features`` (split -> feature-cache key) is part of the default name and recorded in
+        ``features.json``; a folder recorded with other features is refused, never silently reused.
+        """
+        name = config.run.name or default_run_name(config, features)
         path = Path(config.run.output_dir).expanduser() / name
         folder = cls(path, tensorboard=config.run.tensorboard)
         if (path / "config.yaml").exists() and (path / "metrics.jsonl").exists():
             if not config.run.resume:
-                raise FileExistsError(f"run folder {path} already holds results; choose another run.name "
-                                      "or set run.resume=true")
+                raise RunFolderError(f"run folder {path} already holds results; choose another run.name "
+                                     "or set run.resume=true")
             if folder.config_digest() != config_digest(config):
-                raise FileExistsError(f"run folder {path} holds a run of a different config; choose another run.name")
+                raise RunFolderError(f"run folder {path} holds a run of a different config; choose another run.name")
+            folder._check_features(features)
         if folder.finished:
             return folder  # leave a finished run exactly as it is
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_text_atomic(path / "config.yaml", config_to_yaml(config))
         write_json_atomic(path / "environment.json", collect_environment(device))
+        if features:
+            write_json_atomic(path / "features.json", dict(features))
         return folder
+
+    def recorded_features(self) -> dict[str, str] | None:
+        """The feature-cache keys the run was computed on (``None`` for runs written before they were recorded)."""
+        path = self.path / "features.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _check_features(self, features: Mapping[str, str] | None) -> None:
+        recorded = self.recorded_features()
+        if not features or recorded is None or recorded == dict(features):
+            return
+        changed = [s for s in sorted(set(recorded) | set(features)) if recorded.get(s) != features.get(s)]
+        raise RunFolderError(f"run folder {self.path} was computed on other {'/'.join(changed)} images than the "
+                             "data now holds (its results would be stale); delete that folder or choose another "
+                             "run.name")
 
     def config_digest(self) -> str:
         from ..config import load_config
@@ -168,8 +205,20 @@ class RunFolder:
     def load_checkpoint(self, task: int) -> dict[str, torch.Tensor]:
         path = self.checkpoint_path(task)
         if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint for task {task} in {self.path}")
-        return load_file(str(path))
+            raise MissingFileError(f"no checkpoint for task {task} in {self.path}")
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a torn file
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise RunFolderError(
+                f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {reason}; truncated or corrupt); "
+                f"delete it and {self.path / 'summary.json'} if present, then rerun the same command to redo "
+                f"task {task} onwards, or delete the run folder {self.path} (or set run.resume=false with "
+                "another run.name) to start over") from None
+
+    def finished_rows(self) -> list[dict]:
+        """Every stage row of a finished run, as written (runs without checkpoints included)."""
+        return read_metrics(self.path)
 
     # ------------------------------------------------------------------ end
     def finish(self, metrics: IncrementalMetrics, extra: dict | None = None, plots: bool = True) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import Config
+from ..data.datasets import DatasetError, default_root
 from ..descriptions import DescriptionSet, fallback_phrases, load_description_file, load_shipped, shipped_dataset_keys
 from ..names import readable
 
@@ -26,15 +27,24 @@ class ClassPhrases:
     fallback_classes: list[str]
 
 
-def _find_description_set(config: Config) -> tuple[DescriptionSet | None, str]:
+def dataset_root(config: Config) -> Path | None:
+    """The folder the run reads its images from: ``data.root``, else ``$SPACIL_DATA_ROOT/<dataset>``."""
+    try:
+        return default_root(config.data.dataset, config.data.root)
+    except DatasetError:  # neither is set: there is no dataset folder to look in
+        return None
+
+
+def find_description_set(config: Config) -> tuple[DescriptionSet | None, str]:
+    """The description set ``config.descriptions`` points at, validated (:class:`DescriptionFileError` if broken)."""
     d = config.descriptions
     if d.source == "templates":
         return None, "templates"
     if d.source == "file":
         return load_description_file(Path(d.path).expanduser()), str(d.path)
-    root = config.data.root
-    if root is not None and (Path(root).expanduser() / "descriptions.json").is_file():
-        path = Path(root).expanduser() / "descriptions.json"
+    root = dataset_root(config)
+    if root is not None and (root / "descriptions.json").is_file():
+        path = root / "descriptions.json"
         return load_description_file(path), str(path)
     if config.data.dataset in shipped_dataset_keys():
         return load_shipped(config.data.dataset), f"shipped:{config.data.dataset}"
@@ -44,7 +54,7 @@ def _find_description_set(config: Config) -> tuple[DescriptionSet | None, str]:
 
 def resolve_class_phrases(config: Config, class_names: Sequence[str]) -> ClassPhrases:
     """Phrases for ``class_names`` following ``config.descriptions``."""
-    found, source = _find_description_set(config)
+    found, source = find_description_set(config)
     templates = config.text.templates
     phrases, missing = [], []
     for name in class_names:

@@ -23,6 +23,7 @@ from ..config import Config, apply_overrides, build_config, config_to_yaml
 from ..io import write_json_atomic, write_text_atomic
 from ..methods import all_variants
 from ..runs.plots import plot_stage_curves
+from ..errors import UsageError
 from ..runs.run_folder import config_digest
 from .harness import PreparedData, prepare_data, run_experiment
 
@@ -50,7 +51,7 @@ def variant_config(base: dict, variant: str, seed: int, output_dir: Path) -> Con
     """The config of one row of the table: the registered variant's overrides on the base config."""
     known = all_variants()
     if variant not in known:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(known)}")
+        raise UsageError(f"unknown variant {variant!r}; known: {', '.join(known)}")
     overrides = [*known[variant].overrides, f"train.seed={seed}", f"run.output_dir={output_dir}"]
     config = build_config(apply_overrides(base, overrides))
     # named by variant, seed and config hash: rerunning resumes, changing any setting starts a new folder
@@ -61,7 +62,7 @@ def variant_config(base: dict, variant: str, seed: int, output_dir: Path) -> Con
 def prepare_variants(base: Config, variants: Sequence[str], progress: bool = True) -> PreparedData:
     """Features, scenario and class texts once for all ``variants``: each method's prepare hook runs once."""
     if not variants:
-        raise ValueError("no variants to compare")
+        raise UsageError("no variants to compare")
     raw = base.model_dump(mode="json")
     first_of_method: dict[str, Config] = {}
     for variant in variants:

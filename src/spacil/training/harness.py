@@ -24,6 +24,7 @@ from ..backbone import FrozenCLIP, load_backbone, pick_device
 from ..config import Config
 from ..data.catalog import load_split
 from ..data.scenario import Scenario, build_scenario, resolve_class_order
+from ..errors import UsageError
 from ..evaluation.metrics import IncrementalMetrics, StageResult, evaluate_stage, stage_from_row
 from ..features import FeatureCache, FeatureSet, get_features
 from ..methods import FeatureBatch, Learner, TaskContext, get_method, make_learner
@@ -46,6 +47,11 @@ class PreparedData:
     test_labels: np.ndarray  # new labels of test rows
     descriptions: dict | None = None  # what the methods' prepare hooks recorded (SPA: where its phrases came from)
 
+    @property
+    def feature_keys(self) -> dict[str, str]:
+        """Feature-cache key per split: with the config, what a run folder is keyed on."""
+        return {split: feats.key for split, feats in (("train", self.train), ("test", self.test)) if feats.key}
+
 
 @dataclass
 class RunResult:
@@ -66,6 +72,8 @@ def prepare_data(config: Config, backbone: FrozenCLIP | None = None, cache_root:
     The ``prepare`` hook of the method of each config in ``methods`` (default: ``config`` alone) adds
     what that method needs to the class texts, so one set of prepared data can serve several methods.
     """
+    for method_config in methods or [config]:  # bad input files (descriptions) fail before hours of encoding
+        get_method(method_config.method.name).learner.check(method_config)
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.checkpoint,
                                          config.backbone.device, config.backbone.precision)
     backbone.set_resize(config.data.resize)  # a backbone passed in follows this config's transform too
@@ -73,7 +81,7 @@ def prepare_data(config: Config, backbone: FrozenCLIP | None = None, cache_root:
     sources = {split: load_split(config.data.dataset, split, config.data.root, config.data.download)
                for split in ("train", "test")}
     if sources["train"].class_names != sources["test"].class_names:
-        raise ValueError(f"{config.data.dataset}: train and test splits list different classes")
+        raise UsageError(f"{config.data.dataset}: train and test splits list different classes")
     feats = {split: get_features(src, backbone, cache, config.backbone.batch_size, config.backbone.num_workers,
                                  config.data.bad_images, progress) for split, src in sources.items()}
     class_names = sources["train"].class_names
@@ -91,9 +99,12 @@ def prepare_data(config: Config, backbone: FrozenCLIP | None = None, cache_root:
 def load_rows(features: FeatureSet, rows: np.ndarray, new_labels: np.ndarray, device: torch.device) -> FeatureBatch:
     """Rows of a (memory-mapped) feature set as tensors: global float32, patches in their storage dtype."""
     rows = np.sort(rows)
+    global_ = np.asarray(features.global_[rows], dtype=np.float32)
+    patches = np.ascontiguousarray(features.patches[rows])
+    features.check_finite(rows, (global_, patches))
     return FeatureBatch(
-        global_=torch.from_numpy(np.asarray(features.global_[rows], dtype=np.float32)).to(device),
-        patches=torch.from_numpy(np.ascontiguousarray(features.patches[rows])).to(device),
+        global_=torch.from_numpy(global_).to(device),
+        patches=torch.from_numpy(patches).to(device),
         labels=torch.from_numpy(new_labels[rows].astype(np.int64)).to(device),
     )
 
@@ -137,13 +148,14 @@ def run_experiment(config: Config, data: PreparedData | None = None, progress: b
     """
     with tempfile.TemporaryDirectory(prefix="spacil-nocache-") as scratch:
         device = pick_device(config.train.device)
-        folder = RunFolder.create(config, device)
+        cache_root = None if config.cache.enabled else Path(scratch)
+        # data first: the run folder is keyed on the features, and bad data leaves no empty folder behind
+        data = data or prepare_data(config, cache_root=cache_root, progress=progress)
+        folder = RunFolder.create(config, device, features=data.feature_keys)
         if folder.finished:
             logger.info("run %s is already finished; reading its results", folder.path)
             return RunResult(folder.path, json.loads((folder.path / "summary.json").read_text()),
-                             _metrics_from_rows(folder.completed_stages(), None))
-        cache_root = None if config.cache.enabled else Path(scratch)
-        data = data or prepare_data(config, cache_root=cache_root, progress=progress)
+                             _metrics_from_rows(folder.finished_rows(), None))
         learner = make_learner(config)
         scenario = data.scenario
         done = folder.completed_stages()
@@ -191,6 +203,10 @@ def evaluate_run(folder: Path, progress: bool = True) -> IncrementalMetrics:
     folder = Path(folder)
     config = load_config(folder / "config.yaml")
     data = prepare_data(config, progress=progress)
+    recorded = RunFolder(folder).recorded_features()
+    if recorded is not None and recorded != data.feature_keys:
+        logger.warning("%s was trained on other images than %s now holds; the accuracies differ for that reason",
+                       folder, config.data.root)
     device = pick_device(config.train.device)
     metrics = IncrementalMetrics(data.scenario.n_tasks)
     for task in range(data.scenario.n_tasks):

@@ -17,6 +17,8 @@ import logging
 import torch
 from torch import Tensor
 
+from ...errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,7 +65,7 @@ class GaussianBank:
 
     def add_class(self, label: int, samples: Tensor) -> None:
         if samples.shape[0] < 2:
-            raise ValueError(f"class {label}: at least 2 samples are needed for a covariance")
+            raise UsageError(f"class {label}: at least 2 samples are needed for a covariance")
         mean, cov = shrunk_covariance(samples, self.shrinkage)
         self.means[label] = mean.float()
         self.factors[label] = safe_cholesky(cov).float()

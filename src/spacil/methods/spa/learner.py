@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...errors import UsageError
 from ...ot import ot_score, uniform_masses
 from ..base import FeatureBatch, Learner, TaskContext
 from ..registry import register_method
@@ -82,6 +83,13 @@ class SPALearner(Learner):
         return cls(config.method.spa, config.train, chunk_size=config.train.eval_batch_size)
 
     @classmethod
+    def check(cls, config: "Config") -> None:
+        """The description file is read and validated before feature extraction (fail fast)."""
+        from ...text.class_phrases import find_description_set
+
+        find_description_set(config)
+
+    @classmethod
     def prepare(cls, config: "Config", backbone: "FrozenCLIP", texts: "ClassTexts") -> dict:
         """Class descriptions through the frozen text encoder: the semantic tokens of the patch branch."""
         from ...text.class_phrases import resolve_class_phrases
@@ -108,7 +116,7 @@ class SPALearner(Learner):
         self.prompts = ctx.texts.prompt_embeddings.to(ctx.device)
         if self.config.patch_branch:
             if ctx.texts.semantic is None:
-                raise ValueError("SPA's patch branch needs semantic tokens (class descriptions)")
+                raise UsageError("SPA's patch branch needs semantic tokens (class descriptions)")
             self.semantic = ctx.texts.semantic.to(ctx.device)
         if self.visual is None:
             dim = self.prompts.shape[1]
@@ -381,7 +389,7 @@ class SPALearner(Learner):
         for c in ctx.new_classes:
             rows = train.labels == c
             if not bool(rows.any()):
-                raise ValueError(f"task {ctx.task}: no training samples for class {c}")
+                raise UsageError(f"task {ctx.task}: no training samples for class {c}")
             self.prototypes[c] = F.normalize(g[rows].mean(0), dim=-1)
 
     @torch.no_grad()
