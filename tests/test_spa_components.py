@@ -118,3 +118,19 @@ def test_semantic_tokens_padding_and_kinds(tiny_backbone):
     assert int(both.mask[0].sum()) == 3 + sum(n_words)
     with pytest.raises(ValueError, match="without phrases"):
         build_semantic_tokens(tiny_backbone, names, [["a"], []])
+
+
+def test_task_of_class_and_offsets_undo_a_recency_bias():
+    from spacil.methods.spa.calibration import fit_task_offsets, task_of_class
+
+    assert task_of_class([0, 3, 5], 7).tolist() == [0, 0, 0, 1, 1, 2, 2]
+    # 4 classes in 2 tasks; true logits separate classes perfectly, then task 1 gets +3 (recency bias)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(50)
+    clean = torch.randn(200, 4, generator=g) * 0.5 + 2.0 * F.one_hot(labels, 4)
+    task = task_of_class([0, 2], 4)
+    biased = clean + 3.0 * (task == 1).float()
+    assert (biased.argmax(1) == labels).float().mean() < 0.6  # old classes lose to the new task
+    offsets = fit_task_offsets(biased, labels, task, 2)
+    assert offsets[0] == 0 and -3.8 < float(offsets[1]) < -2.2
+    assert (biased + offsets[task]).argmax(1).eq(labels).float().mean() > 0.95

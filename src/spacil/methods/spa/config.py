@@ -104,7 +104,7 @@ class SPAConfig(StrictModel):
     """SPA: global [CLS]-text alignment plus description-guided patch-level OT alignment."""
 
     patch_branch: bool = Field(True, description="false = the CLS-only variant (global branch alone).")
-    fusion_weight: float = Field(2.0, ge=0, description="Patch score weight in logit = scale * (global + w * patch).")
+    fusion_weight: float = Field(1.0, ge=0, description="Patch score weight in logit = scale * (global + w * patch).")
     prototype_weight: float = Field(
         1.0, ge=0, description="Weight of the visual-prototype term in the global score (cosine of the adapted image "
         "to the adapted class mean of frozen features, as in PROOF); 0 = text prompts only.")

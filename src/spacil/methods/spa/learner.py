@@ -28,6 +28,7 @@ from ...errors import UsageError
 from ...ot import ot_score, uniform_masses
 from ..base import FeatureBatch, Learner, TaskContext
 from ..registry import register_method
+from .calibration import fit_task_offsets, task_of_class
 from .config import SPAConfig
 from .gaussian_replay import GaussianBank
 from .patch_selection import (gather_selected, patch_relevance, selected_mean, subtract_context,
@@ -53,9 +54,8 @@ logger = logging.getLogger(__name__)
               "spa_adapted_patches": ["projector.scope=all"],
               "spa_token_replay": ["replay.patch_mode=selected_tokens"]},
     extra_variants={"spa_no_patch_replay": ["replay.patch_mode=none"],
-                    "spa_plain": ["selection.context_weight=0", "replay.calibration=none",
-                                           "projector.scope=all", "replay.patch_mode=selected_tokens",
-                                           "fusion_weight=1"]},
+                    "spa_plain": ["selection.context_weight=0", "replay.calibration=none", "projector.scope=all",
+                                  "replay.patch_mode=selected_tokens"]},
 )
 class SPALearner(Learner):
     """SPA: global [CLS]-text alignment fused with description-guided patch-level OT."""
@@ -217,14 +217,11 @@ class SPALearner(Learner):
                   for i in range(0, len(batch), self.chunk_size)]
         return self._calibrated(torch.cat(chunks))
 
-    def _task_of_class(self, n_classes: int) -> Tensor:
-        starts = torch.tensor(self.task_starts, device=self.device)
-        return torch.bucketize(torch.arange(n_classes, device=self.device), starts, right=True) - 1
-
     def _calibrated(self, logits: Tensor) -> Tensor:
         if self.task_bias is None:
             return logits
-        return logits + self.task_bias.to(logits.device)[self._task_of_class(logits.shape[1])]
+        task = task_of_class(self.task_starts, logits.shape[1], logits.device)
+        return logits + self.task_bias.to(logits.device)[task]
 
     @torch.no_grad()
     def patch_evidence(self, patches: Tensor, n_seen: int) -> tuple[Tensor, Tensor | None, Tensor]:
@@ -369,19 +366,8 @@ class SPALearner(Learner):
         logits = torch.cat([self._logits(g[i:i + self.chunk_size], side,
                                          None if patch is None else patch[i:i + self.chunk_size])
                             for i in range(0, len(y), self.chunk_size)])
-        task = self._task_of_class(n_seen)
-        bias = torch.zeros(len(self.task_starts), device=self.device, requires_grad=True)
-        optimiser = torch.optim.LBFGS([bias], max_iter=50, line_search_fn="strong_wolfe")
-
-        def closure() -> Tensor:
-            optimiser.zero_grad()
-            loss = F.cross_entropy(logits + bias[task], y)
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            optimiser.step(closure)
-        self.task_bias = (bias - bias[0]).detach()  # only differences matter
+        task = task_of_class(self.task_starts, n_seen, self.device)
+        self.task_bias = fit_task_offsets(logits, y, task, len(self.task_starts))
 
     @torch.no_grad()
     def _add_prototypes(self, ctx: TaskContext, train: FeatureBatch) -> None:
