@@ -127,9 +127,20 @@ def test_frozen_patch_branch_keeps_old_classes_without_replay():
     """scope=global: projectors adapt only the global branch, so the part evidence of old classes cannot drift."""
     adapted = _two_task_forgetting(replay=False, patch_branch=True, scope="all")
     frozen = _two_task_forgetting(replay=False, patch_branch=True, scope="global")
-    assert frozen > 0.9 and frozen > adapted + 0.2, (adapted, frozen)
+    assert frozen > adapted + 0.2, (adapted, frozen)
 
 
+@pytest.mark.parametrize("scope", ["global", "all"])
+def test_patch_scores_of_old_classes_move_only_when_projectors_adapt_patches(scope):
+    body, parts, texts = _world(4)
+    labels = np.repeat(np.arange(4), 10)
+    images = _images(body, parts, labels, 1)
+    learner = SPALearner(_spa(projector={"scope": scope}), TrainConfig(epochs=3, lr=0.02))
+    learner.learn_task(_ctx(0, range(0, 2), 2, texts), _images(body, parts, labels[:20], 2))
+    before = learner.patch_evidence(images.patches, 2)[0]
+    learner.learn_task(_ctx(1, range(2, 4), 4, texts), _images(body, parts, labels[20:], 3))
+    after = learner.patch_evidence(images.patches, 4)[0][:, :2]
+    assert torch.equal(before, after) == (scope == "global")
 def test_state_round_trip_gives_identical_logits():
     body, parts, texts = _world(4)
     labels = np.repeat(np.arange(4), 10)
