@@ -1,6 +1,6 @@
 """Performance benchmark of spacil: every figure is a ratio measured in this one run.
 
-    python benchmarks/run_benchmarks.py [--out benchmarks/results] [--quick] [--compile]
+    python benchmarks/run_benchmarks.py [--out benchmarks/results] [--quick] [--compile] [--sections a,b]
 
 Writes ``results.json`` and ``results.md`` (a table with each goal and PASS/MISS). Measures:
 1. batched masked Sinkhorn vs a per-pair Python loop over the same B x C problems;
@@ -11,6 +11,10 @@ Writes ``results.json`` and ``results.md`` (a table with each goal and PASS/MISS
 6. training throughput on cached features, extraction throughput, and GPU extraction when a GPU is present.
 7. OT at the protocol's problem sizes: our Sinkhorn (auto/log domain, compiled) vs POT's batched solver and a
    per-pair POT loop.
+8. SPA's learner at protocol scale (P=196, D=512, C in {100, 200, 300}): training step, scoring and the default
+   scope=global path, old formulation (gather features) vs new (gather similarities), peak memory per step in a
+   fresh subprocess; on a GPU also CUDA peak memory, bf16 throughput and an 18-split wall-time estimate.
+   ``--sections`` runs a subset of the sections.
 Timings use the median of repeats after a warm-up. No assertion here: the table reports MISS honestly.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -380,6 +385,338 @@ def render_ot_protocol(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------------------------------------------
+# SPA's learner at protocol scale (issue 13): old formulation (gather features) vs new (gather similarities)
+# --------------------------------------------------------------------------------------------------------------
+
+SCALE_P, SCALE_D, SCALE_N, SCALE_BATCH, SCALE_CHUNK = 196, 512, 8, 64, 256
+#: Protocol splits (18): dataset, classes, init_cls, increment, and the train / test images assumed.
+#: Counts: split_counts.json / protocol.py where published; otherwise assumptions stated in the label.
+PROTOCOL_SPLITS = [
+    ("cifar100", 100, (0, 50), 10, 50_000, 10_000, "published"),
+    ("cub200", 200, (0, 100), 20, 5_994, 5_794, "published"),
+    ("imagenet_r", 200, (0, 100), 20, 24_000, 6_000, "release 30,000, 80/20"),
+    ("objectnet", 200, (0, 100), 20, 25_600, 6_400, "assumed: 50,000 x 200/313 images, 80/20"),
+    ("aircraft", 100, (0, 50), 10, 6_667, 3_333, "published"),
+    ("cars", 100, (0, 50), 10, 4_155, 4_103, "assumed: 8,144 / 8,041 x 100/196"),
+    ("food101", 100, (0, 50), 10, 75_000, 25_000, "published (750 / 250 per class)"),
+    ("ucf101", 100, (0, 50), 10, 9_443, 3_746, "assumed: 9,537 / 3,783 x 100/101"),
+    ("sun397", 300, (0, 150), 30, 16_250, 16_250, "published (50 / 50 per category)"),
+]
+
+
+def old_patch_scores(patches, side: dict, cfg: SPAConfig):
+    """The pre-issue-13 formulation: relevance on features, gather ``[B, C, k, D]``, einsum, same OT."""
+    from spacil.methods.spa.patch_selection import patch_relevance, select_top_k
+
+    rel = patch_relevance(patches, cfg.selection.rule, side["description"], side["tokens"], side["token_mask"],
+                          None, cfg.selection.context_weight)
+    selected, index = select_top_k(patches, rel, cfg.selection.k)
+    sim = torch.einsum("bckd,cnd->bckn", selected, side["tokens"])
+    a = torch.full(sim.shape[:3], 1.0 / sim.shape[2], device=sim.device)
+    b = uniform_masses(side["token_mask"])[None]
+    score, plan = ot_score(sim, a, b, cfg.ot.eps, cfg.ot.iterations, detach_plan=cfg.ot.detach_plan,
+                           domain=cfg.ot.domain, check_convergence="off")
+    return score, plan, index
+
+
+def _scale_learner(n_classes: int, scope: str, device: torch.device) -> SPALearner:
+    """An SPA learner with ``n_classes`` synthetic classes (D=512, ragged 5..8 tokens), projectors, prototypes."""
+    from spacil.config import TrainConfig
+    from spacil.methods.base import TaskContext
+
+    cfg = SPAConfig(projector={"scope": scope}, ot={"check_convergence": "off"})
+    learner = SPALearner(cfg, TrainConfig(epochs=0), chunk_size=SCALE_CHUNK)
+    texts = _synthetic_texts(n_classes, SCALE_D, SCALE_N)
+    learner._attach(TaskContext(0, range(n_classes), n_classes, texts, device, 0))
+    learner._add_projectors(0)
+    g = torch.Generator().manual_seed(2)
+    protos = F.normalize(torch.randn(n_classes, SCALE_D, generator=g), dim=-1).to(device)
+    learner.prototypes = {c: protos[c] for c in range(n_classes)}
+    learner.task_starts = [0]
+    return learner
+
+
+def _scale_features(n: int, device: torch.device, seed: int = 3):
+    """Synthetic frozen features: ``[n, D]`` [CLS], ``[n, P, D]`` patches, labels (explicit generator)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, SCALE_D, generator=g).to(device), torch.randn(n, SCALE_P, SCALE_D, generator=g).to(device),
+            torch.randint(0, 10 ** 6, (n,), generator=g).to(device))
+
+
+def _train_step(learner: SPALearner, form: str, patches, labels, n_classes: int) -> Callable[[], None]:
+    """scope=all training step of the patch branch: adapted patches and tokens, scores, loss, backward."""
+    score_fn = old_patch_scores if form == "old" else (lambda p, s, _cfg: learner.patch_scores(p, s))
+    params = learner.visual.trainable_parameters() + learner.text.trainable_parameters()
+
+    def step() -> None:
+        side = learner.class_side(n_classes)
+        score = score_fn(learner._patch_input(patches), side, learner.config)[0]
+        loss = F.cross_entropy(learner.config.logit_scale * score, labels % n_classes)
+        loss.backward()
+        for p in params:
+            p.grad = None
+    return step
+
+
+def _score_pass(learner: SPALearner, form: str, patches, n_classes: int) -> Callable[[], None]:
+    """Frozen-branch scoring of one eval chunk (no grad), the work of evaluation and of scope=global."""
+    side = learner.class_side(n_classes)
+
+    @torch.no_grad()
+    def run() -> None:
+        x = learner._patch_input(patches)
+        (old_patch_scores(x, side, learner.config) if form == "old" else learner.patch_scores(x, side))
+    return run
+
+
+def _global_step(learner: SPALearner, global_, table, labels, n_classes: int) -> Callable[[], None]:
+    """scope=global training step: adapted [CLS] / prompts / prototypes + the precomputed patch scores."""
+    params = learner.visual.trainable_parameters() + learner.text.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=1e-3)
+
+    def step() -> None:
+        side = learner.class_side(n_classes)
+        loss = F.cross_entropy(learner._logits(global_, side, table), labels % n_classes)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def _current_rss() -> int:
+    """Resident set size of this process now, bytes (Linux /proc)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux VmHWM, ``clear_refs`` 5); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vm_hwm() -> int:
+    """Peak RSS since the last reset, bytes (VmHWM of /proc/self/status)."""
+    with open("/proc/self/status") as fh:
+        line = next(line for line in fh if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def _peak_rss() -> int:
+    """Peak resident set size of this process so far, bytes (ru_maxrss is KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _measure_once(fn: Callable[[], None], device: torch.device) -> dict:
+    """Peak memory of one call of ``fn``: CUDA allocator peak on a GPU, else the RSS peak over the RSS before."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return {"first_s": time.perf_counter() - start, "peak_bytes": torch.cuda.max_memory_allocated() - base,
+                "memory": "cuda max_memory_allocated - allocated before"}
+    start = time.perf_counter()
+    fn()  # first call: lazy library loading and one-time allocations, not the step's own memory
+    first = time.perf_counter() - start
+    gc.collect()
+    reset = _reset_peak_rss()
+    before = _current_rss()
+    fn()
+    peak = _vm_hwm() if reset else _peak_rss()
+    return {"first_s": first, "peak_bytes": max(0, peak - before), "peak_rss_bytes": _peak_rss(),
+            "rss_before_bytes": before, "memory": "peak RSS - RSS before a warm step (fresh process"
+            + (", VmHWM reset)" if reset else ", ru_maxrss: includes the first call)")}
+
+
+def run_probe(spec: dict) -> dict:
+    """One measurement in this (fresh) process: memory of the first call, then the median time of repeats."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    c, form, kind = spec["classes"], spec["form"], spec["kind"]
+    learner = _scale_learner(c, "global" if kind in {"score", "global"} else "all", device)
+    if kind == "train":
+        _, patches, labels = _scale_features(SCALE_BATCH, device)
+        fn, n = _train_step(learner, form, patches, labels, c), SCALE_BATCH
+    elif kind == "score":
+        _, patches, _ = _scale_features(SCALE_CHUNK, device)
+        fn, n = _score_pass(learner, form, patches, c), SCALE_CHUNK
+    else:
+        global_, _, labels = _scale_features(SCALE_BATCH, device)
+        table = torch.rand(SCALE_BATCH, c, generator=torch.Generator().manual_seed(4)).to(device)
+        fn, n = _global_step(learner, global_, table, labels, c), SCALE_BATCH
+    out = {**spec, "images": n, "device": str(device)}
+    out.update(_measure_once(fn, device))
+    out["step_s"] = timed(fn, repeats=spec.get("repeats", 3), warmup=0)  # two calls above were the warm-up
+    out["images_per_s"] = n / out["step_s"]
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out["bf16_step_s"] = timed(fn, repeats=spec.get("repeats", 3), warmup=1)
+        out["bf16_images_per_s"] = n / out["bf16_step_s"]
+    return out
+
+
+def _probe_subprocess(spec: dict, timeout: float = 900) -> dict:
+    """Run :func:`run_probe` in a fresh interpreter, so each peak is measured alone."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+    if proc.returncode != 0 or not lines:
+        return {**spec, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return json.loads(lines[-1][len("PROBE "):])
+
+
+def _interpolate(points: dict[int, float], c: int) -> float:
+    """Piecewise-linear value at ``c`` classes from measured ``{classes: value}`` (linear extrapolation)."""
+    xs = sorted(points)
+    lo, hi = (xs[0], xs[1]) if c <= xs[1] else (xs[-2], xs[-1])
+    for a, b in zip(xs, xs[1:]):
+        if a <= c <= b:
+            lo, hi = a, b
+    return max(0.0, points[lo] + (points[hi] - points[lo]) * (c - lo) / (hi - lo))
+
+
+def protocol_estimate(score_s_per_image: dict[int, float], global_step_s: dict[int, float],
+                      encoder_images_per_s: float, epochs: int = 5, replay_per_class: int = 64,
+                      calibration_per_class: int = 64, batch: int = SCALE_BATCH) -> dict:
+    """Wall time of the 18 protocol splits with the default path (scope=global), from per-image scoring cost
+    and per-step global cost measured at a few class counts (linear in C between them).
+
+    Per split: encoder pass over train + test once per dataset (the feature cache serves the second split);
+    per task: score the task's images, the replay pool (old classes x ``replay_per_class``) and the calibration
+    set (seen classes x ``calibration_per_class``; pseudo images counted at full-image cost: an upper bound),
+    ``epochs`` x steps global steps, then score the test images of the seen classes."""
+    splits, total = {}, 0.0
+    for name, n_cls, bases, inc, n_train, n_test, _source in PROTOCOL_SPLITS:
+        per_train, per_test = n_train / n_cls, n_test / n_cls
+        for i, base in enumerate(bases):
+            first = base or inc
+            seen_after = list(range(first, n_cls + 1, inc))
+            seconds = (n_train + n_test) / encoder_images_per_s if i == 0 else 0.0
+            prev = 0
+            for seen in seen_after:
+                new_imgs = (seen - prev) * per_train
+                scored = new_imgs + prev * replay_per_class + seen * calibration_per_class + seen * per_test
+                seconds += scored * _interpolate(score_s_per_image, seen)
+                seconds += epochs * math.ceil(new_imgs / batch) * _interpolate(global_step_s, seen)
+                prev = seen
+            key = f"{name}_b{base}_inc{inc}"
+            splits[key] = seconds
+            total += seconds
+    return {"splits": splits, "total_s": total, "total_h": total / 3600}
+
+
+def bench_protocol_scale(args, encoder_images_per_s: float | None = None,
+                         classes: tuple[int, ...] = (100, 200, 300), old_classes: tuple[int, ...] = (100,)) -> dict:
+    """Training step (scope=all, forward + backward), scoring (no grad, chunk 256) and the default scope=global
+    path at P=196, D=512, N=8 (5..8 valid), batch 64, k=16, eps 0.1, 30 iterations; old vs new formulation.
+
+    Every configuration runs in its own subprocess (peak memory measured alone). The old formulation runs
+    only at ``old_classes`` (C=100: at 200 / 300 it would not fit this shared 24 GB machine)."""
+    if args.quick:
+        classes, old_classes = (20, 40, 60), (20,)
+    out = {"setting": f"P={SCALE_P}, D={SCALE_D}, N={SCALE_N} (5..8 valid), batch {SCALE_BATCH}, k=16, eps 0.1, "
+                      f"30 iterations, eval chunk {SCALE_CHUNK}, {torch.get_num_threads()} threads",
+           "device": "cuda" if torch.cuda.is_available() else "cpu", "train": {}, "score": {}, "global": {}}
+    for c in classes:
+        for form in ("old", "new") if c in old_classes else ("new",):
+            out["train"][f"{form}_{c}"] = _probe_subprocess({"kind": "train", "form": form, "classes": c,
+                                                            "repeats": 2 if form == "old" else 3})
+            out["score"][f"{form}_{c}"] = _probe_subprocess({"kind": "score", "form": form, "classes": c})
+        out["global"][f"new_{c}"] = _probe_subprocess({"kind": "global", "form": "new", "classes": c, "repeats": 5})
+    c0, c_max = classes[0], classes[-1]
+    tr, sc = out["train"], out["score"]
+    if f"old_{c0}" in tr and "error" not in tr[f"old_{c0}"] and "error" not in tr[f"new_{c0}"]:
+        out["train_speedup"] = tr[f"old_{c0}"]["step_s"] / tr[f"new_{c0}"]["step_s"]
+        out["train_memory_ratio"] = tr[f"old_{c0}"]["peak_bytes"] / max(1, tr[f"new_{c0}"]["peak_bytes"])
+    if f"old_{c0}" in sc and "error" not in sc[f"old_{c0}"] and "error" not in sc[f"new_{c0}"]:
+        out["score_speedup"] = sc[f"old_{c0}"]["step_s"] / sc[f"new_{c0}"]["step_s"]
+    if "error" not in tr.get(f"new_{c_max}", {"error": 1}):
+        out["train_peak_gb_new_max_c"] = tr[f"new_{c_max}"]["peak_bytes"] / 1e9
+    out["default_path"] = _default_path(out, classes)
+    ok = all("error" not in r for sec in ("score", "global") for r in out[sec].values())
+    if ok and encoder_images_per_s:
+        score_cost = {c: sc[f"new_{c}"]["step_s"] / SCALE_CHUNK for c in classes}
+        step_cost = {c: out["global"][f"new_{c}"]["step_s"] for c in classes}
+        out["estimate"] = protocol_estimate(score_cost, step_cost, encoder_images_per_s)
+        out["estimate"]["basis"] = ("GPU fp32 costs measured here" if out["device"] == "cuda" else
+                                    "CPU NOTE: no GPU in this run; these are this CPU's costs, not a GPU estimate")
+        out["estimate"]["encoder_images_per_s"] = encoder_images_per_s
+    return out
+
+
+def _default_path(out: dict, classes, n_task: int = 5_000, epochs: int = 5) -> dict:
+    """images/s (per epoch-image) of the scope=global path for a task of ``n_task`` images: one scoring pass
+    over them plus ``epochs`` x ceil(n_task / 64) global steps (pseudo-image scoring not included here)."""
+    res = {}
+    for c in classes:
+        s, g = out["score"].get(f"new_{c}", {}), out["global"].get(f"new_{c}", {})
+        if "step_s" in s and "step_s" in g:
+            seconds = n_task * s["step_s"] / SCALE_CHUNK + epochs * math.ceil(n_task / SCALE_BATCH) * g["step_s"]
+            res[str(c)] = {"task_images": n_task, "epochs": epochs, "seconds": seconds,
+                           "images_per_s": epochs * n_task / seconds,
+                           "vs_new_train_step": (epochs * n_task / seconds)
+                           / out["train"].get(f"new_{c}", {}).get("images_per_s", float("nan"))}
+    return res
+
+
+def _fmt_probe(r: dict | None, gpu: bool) -> str:
+    if r is None:
+        return "not run"
+    if "error" in r:
+        return f"error: {r['error']}"
+    s = f"{r['images_per_s']:.1f} img/s, peak {r['peak_bytes'] / 1e9:.3f} GB"
+    return s + (f", bf16 {r['bf16_images_per_s']:.1f} img/s" if gpu and "bf16_images_per_s" in r else "")
+
+
+def render_protocol_scale(res: dict) -> str:
+    """Markdown tables of :func:`bench_protocol_scale` (same run, ratios old / new)."""
+    gpu = res["device"] == "cuda"
+    mem = "CUDA max_memory_allocated" if gpu else "peak RSS increase of one step in a fresh process"
+    lines = [f"SPA learner at protocol scale ({res['setting']}, device {res['device']}; memory: {mem}). "
+             "Old = gather features [B,C,k,D]; new = gather similarities [B,C,k,N]. "
+             "Old runs at the smallest C only (larger C would not fit the shared 24 GB machine).", "",
+             "| classes | train step (scope=all) old | train step new | scoring old (chunk 256, no grad) | "
+             "scoring new | default path (scope=global), img/s |", "|---|---|---|---|---|---|"]
+    classes = sorted({int(k.split("_")[1]) for k in res["train"]})
+    for c in classes:
+        d = res["default_path"].get(str(c))
+        default = f"{d['images_per_s']:.0f} ({d['task_images']} images x {d['epochs']} epochs)" if d else "n/a"
+        lines.append(f"| {c} | {_fmt_probe(res['train'].get(f'old_{c}'), gpu)} | "
+                     f"{_fmt_probe(res['train'].get(f'new_{c}'), gpu)} | "
+                     f"{_fmt_probe(res['score'].get(f'old_{c}'), gpu)} | "
+                     f"{_fmt_probe(res['score'].get(f'new_{c}'), gpu)} | {default} |")
+    for key, label in (("train_speedup", "training throughput new / old"),
+                       ("train_memory_ratio", "training peak memory old / new"),
+                       ("score_speedup", "scoring throughput new / old")):
+        if key in res:
+            lines.append(f"\n- {label} at C={classes[0]}: {res[key]:.1f}x")
+    lines.append("- default path = one scoring pass over the task's images + 5 epochs of global steps "
+                 "(replay / calibration pseudo-image scoring not included)")
+    est = res.get("estimate")
+    if est:
+        lines.append(f"- 18-split protocol wall time estimate: {est['total_h']:.2f} h ({est['basis']}; encoder "
+                     f"{est['encoder_images_per_s']:.1f} images/s, ViT-B/16 measured in this run; counts from "
+                     "split_counts.json / protocol.py, ObjectNet, Cars, UCF-101 assumed: see PROTOCOL_SPLITS)")
+    if not gpu:
+        lines.append("- CPU NOTE: no GPU in this run: CUDA peak memory, bf16 throughput and a GPU protocol "
+                     "estimate are measured only when torch.cuda.is_available().")
+    return "\n".join(lines) + "\n"
+
+
 GOALS = [
     ("Batched Sinkhorn vs per-pair loop (CPU eager)", lambda r: r["sinkhorn"]["speedup"], ">= 10x", lambda v: v >= 10),
     ("Patch-level OT scoring / encoder forward", lambda r: r["ot_overhead"]["ratio"], "<= 0.10", lambda v: v <= 0.10),
@@ -390,6 +727,14 @@ GOALS = [
      lambda v: v <= 1e-3),
     ("Argmax agreement, default vs 1000 iterations", lambda r: r["convergence"]["argmax_agreement"], ">= 0.99",
      lambda v: v >= 0.99),
+    ("Training step peak memory at the largest C (new), GB", lambda r: r["protocol_scale"]["train_peak_gb_new_max_c"],
+     "<= 2", lambda v: v <= 2),
+    ("Training throughput new / old at C=100", lambda r: r["protocol_scale"]["train_speedup"], ">= 10x",
+     lambda v: v >= 10),
+    ("Scoring throughput new / old at C=100", lambda r: r["protocol_scale"]["score_speedup"], ">= 1x",
+     lambda v: v >= 1),
+    ("OT (auto) vs POT batched, slowest protocol size", lambda r: min(
+        row["speedup_auto_vs_pot_batched"] for row in r["ot_protocol"]["sizes"].values()), ">= 3x", lambda v: v >= 3),
 ]
 
 
@@ -397,8 +742,14 @@ def render(results: dict) -> str:
     lines = [f"Machine: {results['machine']}; torch {results['torch']}; threads {results['threads']}.", "",
              "| measure | value | goal | result |", "|---|---|---|---|"]
     for label, get, goal, ok in GOALS:
-        v = get(results)
+        try:
+            v = get(results)
+        except (KeyError, ValueError):  # section not run (--sections) or not measured
+            lines.append(f"| {label} | not measured | {goal} | n/a |")
+            continue
         lines.append(f"| {label} | {v:.4g} | {goal} | {'PASS' if ok(v) else 'MISS'} |")
+    if not all(k in results for k in ("sinkhorn", "throughput", "forwards")):
+        return "\n".join(lines) + "\n"
     s, t, f = results["sinkhorn"], results["throughput"], results["forwards"]
     lines += ["", f"- Sinkhorn: batched {s['batched_s'] * 1e3:.1f} ms vs loop {s['loop_s'] * 1e3:.0f} ms "
                   f"({s['problems']})" + (f"; torch.compile {s['compiled_s'] * 1e3:.1f} ms "
@@ -415,6 +766,18 @@ def render(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _encoder_images_per_s(results: dict) -> float | None:
+    """ViT-B/16 throughput measured earlier in this run: the GPU bf16 pass if any, else the CPU forward."""
+    t, o = results.get("throughput", {}), results.get("ot_overhead", {})
+    if "gpu_extract_images_per_s" in t and torch.cuda.is_available():
+        return t["gpu_extract_images_per_s"]
+    return o["images"] / o["encoder_s"] if "encoder_s" in o else None
+
+
+SECTIONS = ("sinkhorn", "ot_overhead", "forwards", "memory", "convergence", "throughput", "ot_protocol",
+            "protocol_scale")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -422,25 +785,40 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile Sinkhorn")
     parser.add_argument("--ot-threads", type=int, default=0,
                         help="torch threads for the OT protocol-size section (0: leave as is)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one protocol-scale probe
     args = parser.parse_args()
+    if args.probe:
+        print("PROBE " + json.dumps(run_probe(json.loads(args.probe))), flush=True)
+        return
+    chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {SECTIONS}")
     results = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick}
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick,
+               "sections": chosen}
     with tempfile.TemporaryDirectory() as tmp:
-        steps = [("sinkhorn", lambda: bench_sinkhorn(args)), ("ot_overhead", lambda: bench_ot_overhead(args)),
-                 ("forwards", lambda: bench_forwards_per_run(args, Path(tmp))),
-                 ("memory", lambda: bench_backward_memory(args)), ("convergence", lambda: bench_convergence(args)),
-                 ("throughput", lambda: bench_throughput(args, Path(tmp))),
-                 ("ot_protocol", lambda: bench_ot_protocol(args, threads=args.ot_threads or None))]
-        for name, step in steps:
+        steps = {"sinkhorn": lambda: bench_sinkhorn(args), "ot_overhead": lambda: bench_ot_overhead(args),
+                 "forwards": lambda: bench_forwards_per_run(args, Path(tmp)),
+                 "memory": lambda: bench_backward_memory(args), "convergence": lambda: bench_convergence(args),
+                 "throughput": lambda: bench_throughput(args, Path(tmp)),
+                 "ot_protocol": lambda: bench_ot_protocol(args, threads=args.ot_threads or None),
+                 "protocol_scale": lambda: bench_protocol_scale(args, _encoder_images_per_s(results))}
+        for name in chosen:
             start = time.perf_counter()
-            results[name] = step()
+            results[name] = steps[name]()
             print(f"{name}: done in {time.perf_counter() - start:.1f} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = render(results) + "\n" + render_ot_protocol(results["ot_protocol"])
+    table = render(results)
+    if "ot_protocol" in results:
+        table += "\n" + render_ot_protocol(results["ot_protocol"])
+    if "protocol_scale" in results:
+        table += "\n" + render_protocol_scale(results["protocol_scale"])
     (args.out / "results.md").write_text(table)
     print(table)
-
 
 if __name__ == "__main__":
     main()
