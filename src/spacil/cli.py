@@ -257,8 +257,10 @@ def info() -> None:
     for entry in list_methods():
         typer.echo(f"  {entry.name:22s} {entry.summary}")
     typer.echo("compare variants (* = run by default in compare and demo):")
-    for name, variant in all_variants().items():
-        typer.echo(f"  {name:21s}{'*' if variant.default else ' '} {' '.join(variant.overrides)}")
+    variants = all_variants()
+    width = max(map(len, variants)) + 1
+    for name, variant in variants.items():
+        typer.echo(f"  {name:{width}s}{'*' if variant.default else ' '} {' '.join(variant.overrides)}")
 
 
 def _echo_description_sources() -> None:
