@@ -13,6 +13,7 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +126,16 @@ def _decode(path: Path) -> tuple[str | None, str | None]:
         return None, f"{exc.__class__.__name__}: {exc}"
 
 
+def decode_images(files: list[Path], workers: int, progress: bool, desc: str
+                  ) -> Iterator[tuple[Path, str | None, str | None]]:
+    """``(path, mode, reason)`` per file, decoded in ``workers`` threads (reason None when it decodes)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(_decode, files, chunksize=64)
+        for path, (mode, reason) in tqdm(zip(files, results), total=len(files), desc=desc, unit="img",
+                                         disable=not progress, leave=False):
+            yield path, mode, reason
+
+
 def _shorten(items: list[str], limit: int) -> str:
     return ", ".join(items[:limit]) + (f" ... ({len(items) - limit} more)" if len(items) > limit else "")
 
@@ -199,15 +210,12 @@ def check_dataset(key: str, root: Path | str | None = None, verify_images: bool 
             report.notes.append(f"{split}: {len(check.ignored_files)} files without an image extension ignored, "
                                 f"e.g. {_shorten(check.ignored_files, 2)}")
         if verify_images and files:
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                results = pool.map(_decode, files, chunksize=64)
-                for path, (mode, reason) in tqdm(zip(files, results), total=len(files), desc=f"check {split}",
-                                                 unit="img", disable=not progress, leave=False):
-                    check.opened += 1
-                    if reason is not None:  # the path is already in the first column
-                        check.unreadable.append((path.relative_to(base).as_posix(), reason.replace(str(path), path.name)))
-                    elif mode != "RGB":
-                        check.modes[mode] += 1
+            for path, mode, reason in decode_images(files, workers, progress, f"check {split}"):
+                check.opened += 1
+                if reason is not None:  # the path is already in the first column
+                    check.unreadable.append((path.relative_to(base).as_posix(), reason.replace(str(path), path.name)))
+                elif mode != "RGB":
+                    check.modes[mode] += 1
     if want["total"] is not None and all(s.present for s in report.splits.values()):
         total = sum(s.n_images for s in report.splits.values())
         if total != want["total"]:

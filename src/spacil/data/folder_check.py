@@ -10,13 +10,11 @@ Kept apart from :mod:`spacil.data.check` (the protocol datasets' checks against 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
-from .check import _decode
+from .check import decode_images
 from .datasets import IMAGE_EXTENSIONS
 
 SPLITS = ("train", "test")
@@ -119,14 +117,11 @@ def check_image_folder(root: Path | str, verify_images: bool = True, workers: in
                 report.findings.append(FolderFinding("empty class", f"{split}/{entry.name}/", "no images"))
             files.extend(images)
         if verify_images and files:
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                results = pool.map(_decode, files, chunksize=64)
-                for path, (_, reason) in tqdm(zip(files, results), total=len(files), desc=f"check {split}",
-                                              unit="img", disable=not progress, leave=False):
-                    report.decoded += 1
-                    if reason is not None:
-                        report.findings.append(FolderFinding("unreadable", path.relative_to(root).as_posix(),
-                                                             reason.replace(str(path), path.name)))
+            for path, _, reason in decode_images(files, workers, progress, f"check {split}"):
+                report.decoded += 1
+                if reason is not None:
+                    report.findings.append(FolderFinding("unreadable", path.relative_to(root).as_posix(),
+                                                         reason.replace(str(path), path.name)))
     if len(classes) == 2 and classes["train"] != classes["test"]:
         for split, other in (("train", "test"), ("test", "train")):
             for name in sorted(classes[split] - classes[other]):
