@@ -47,5 +47,12 @@ def test_short_demo_writes_a_readable_report(tmp_path):
     assert 0 < spa["random_precision"] < 0.5 and abs(rnd["selection_precision"] - rnd["random_precision"]) < 0.05
     assert spa["selection_precision"] > 2 * spa["random_precision"]
     assert 0 <= spa["phrase_assignment"] <= 1 and 0 <= spa["patch_accuracy"] <= 100
+    # another world into the same folder: new data, so new run folders (not a refusal, not stale results)
+    again = runner.invoke(app, ["demo", "--output", str(out), "--n-classes", "10", "--world-seed", "4",
+                                "--variants", "simplecil", "--set", "data.init_cls=5", "--set", "data.increment=5",
+                                "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert len(list((out / "runs").glob("simplecil-seed1993-*"))) == 2
+    assert (out / "data" / "world-4" / "manifest.json").is_file()
     # 10 classes: chance is 10%; both must be far above it on the shipped part-aware backbone
     assert rows["simplecil"]["last"][0] > 30 and rows["spa"]["last"][0] > 30

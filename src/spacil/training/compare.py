@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -24,7 +23,7 @@ from ..io import write_json_atomic, write_text_atomic
 from ..methods import all_variants
 from ..runs.plots import plot_stage_curves
 from ..errors import UsageError
-from ..runs.run_folder import config_digest
+from ..runs.run_folder import run_key
 from .harness import PreparedData, prepare_data, run_experiment
 
 logger = logging.getLogger(__name__)
@@ -47,15 +46,19 @@ class ComparisonRow:
         return float(arr.mean()), float(arr.std(ddof=0))
 
 
-def variant_config(base: dict, variant: str, seed: int, output_dir: Path) -> Config:
-    """The config of one row of the table: the registered variant's overrides on the base config."""
+def variant_config(base: dict, variant: str, seed: int, output_dir: Path,
+                   features: Mapping[str, str] | None = None) -> Config:
+    """The config of one row of the table: the registered variant's overrides on the base config.
+
+    ``features`` (split -> feature-cache key) enter the run folder's name, so the same table on other data
+    (another parts world, images added or removed) gets new folders instead of refusing the old ones."""
     known = all_variants()
     if variant not in known:
         raise UsageError(f"unknown variant {variant!r}; known: {', '.join(known)}")
     overrides = [*known[variant].overrides, f"train.seed={seed}", f"run.output_dir={output_dir}"]
     config = build_config(apply_overrides(base, overrides))
-    # named by variant, seed and config hash: rerunning resumes, changing any setting starts a new folder
-    config.run.name = f"{variant}-seed{seed}-{config_digest(config)[:8]}"
+    # named by variant, seed and run key: rerunning resumes, changing any setting or the data starts a new folder
+    config.run.name = f"{variant}-seed{seed}-{run_key(config, features)[:8]}"
     return config
 
 
@@ -85,7 +88,7 @@ def run_comparison(base: Config, variants: Sequence[str], seeds: Sequence[int], 
         results, folders = [], []
         start = time.perf_counter()
         for seed in seeds:
-            cfg = variant_config(raw, variant, seed, output_dir / "runs")
+            cfg = variant_config(raw, variant, seed, output_dir / "runs", data.feature_keys)
             run = run_experiment(cfg, data=data, progress=progress)
             results.append(run.summary)
             folders.append(str(run.folder))
@@ -106,7 +109,7 @@ def _fmt(mean: float, std: float, n: int) -> str:
 
 def comparison_markdown(rows: Sequence[ComparisonRow]) -> str:
     n = len(rows[0].seeds) if rows else 0
-    lines = [f"| method | average acc. (Ā) | last acc. (A_B) | forgetting | seconds | seeds |",
+    lines = ["| method | average acc. (Ā) | last acc. (A_B) | forgetting | seconds | seeds |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.variant} | {_fmt(*r.stat(r.average), n)} | {_fmt(*r.stat(r.last), n)} | "
