@@ -413,7 +413,7 @@ def old_patch_scores(patches, side: dict, cfg: SPAConfig):
     from spacil.methods.spa.patch_selection import patch_relevance, select_top_k
 
     rel = patch_relevance(patches, cfg.selection.rule, side["description"], side["tokens"], side["token_mask"],
-                          None, cfg.selection.context_weight)
+                          cfg.selection.context_weight)
     selected, index = select_top_k(patches, rel, cfg.selection.k)
     sim = torch.einsum("bckd,cnd->bckn", selected, side["tokens"])
     a = torch.full(sim.shape[:3], 1.0 / sim.shape[2], device=sim.device)

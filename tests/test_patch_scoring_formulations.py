@@ -18,7 +18,7 @@ B, C, P, N, D, K = 3, 5, 11, 4, 6, 4
 def old_patch_scores(patches, side, cfg):
     """Reference: the formulation before issue 13, written out from its pieces."""
     rel = patch_relevance(patches, cfg.selection.rule, side["description"], side["tokens"], side["token_mask"],
-                          None, cfg.selection.context_weight)
+                          cfg.selection.context_weight)
     selected, index = select_top_k(patches, rel, P if cfg.selection.rule == "all" else cfg.selection.k)
     sim = torch.einsum("bckd,cnd->bckn", selected, side["tokens"])
     a = torch.full(sim.shape[:3], 1.0 / sim.shape[2])

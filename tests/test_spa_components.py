@@ -42,13 +42,21 @@ def test_token_max_relevance_ignores_padding():
         torch.testing.assert_close(rel[:, c], expected)
 
 
-def test_random_selection_is_seeded_and_k_is_clipped():
-    patches, desc = _unit(2, 5, 4), _unit(3, 4, seed=1)
-    r1 = patch_relevance(patches, "random", description=desc, generator=torch.Generator().manual_seed(5))
-    r2 = patch_relevance(patches, "random", description=desc, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(r1, r2)
-    sel, idx = select_top_k(patches, r1, k=50)
-    assert sel.shape == (2, 3, 5, 4)
+def test_random_selection_is_seeded_batch_independent_and_k_is_clipped():
+    from spacil.methods.spa.patch_selection import random_directions
+
+    patches = _unit(6, 5, 4)
+    directions = random_directions(3, 4, seed=5)
+    assert torch.equal(directions, random_directions(3, 4, seed=5))
+    assert torch.equal(directions[:2], random_directions(2, 4, seed=5))  # a new class never moves old ones
+    assert not torch.equal(directions, random_directions(3, 4, seed=6))
+    torch.testing.assert_close(directions.norm(dim=-1), torch.ones(3))
+    whole = patch_relevance(patches, "random", description=directions, context_weight=1.0)
+    halves = torch.cat([patch_relevance(patches[:2], "random", description=directions),
+                        patch_relevance(patches[2:], "random", description=directions)])
+    assert torch.equal(whole, halves)  # no context term, no dependence on the batch
+    sel, idx = select_top_k(patches, whole, k=50)
+    assert sel.shape == (6, 3, 5, 4)
 
 
 def test_projector_starts_as_identity_and_freezes_old_tasks():

@@ -41,8 +41,9 @@ class SelectionConfig(StrictModel):
     context_weight: float = Field(
         1.0, ge=0, description="Our addition: relevance minus this times the patch's cosine to its image's mean "
         "patch, so patches that stand out from their image (parts) win over background; 0 = plain relevance.")
-    eval_seed: int = Field(0, description="Seed of the generator that rule=random draws from when scoring "
-                           "(fixed, so evaluating a checkpoint twice gives the same predictions).")
+    random_seed: int = Field(0, description="rule=random selects by a fixed random direction per class drawn "
+                             "from this seed, so an image gets the same selection in training, evaluation and "
+                             "whatever batch it is scored in.")
 
 
 class OTConfig(StrictModel):
@@ -82,14 +83,18 @@ class ProjectorConfig(StrictModel):
 class ReplayConfig(StrictModel):
     """Gaussian old-class calibration: pseudo-features sampled from stored class statistics."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="Pseudo-features of the old classes while later tasks train. The class "
+                          "statistics are kept either way when `calibration` needs them.")
     shrinkage: float = Field(0.1, ge=0, le=1, description="Covariance shrinkage towards a scaled identity.")
-    samples_per_class: int = Field(32, ge=1, description="Pseudo-features drawn per old class and epoch.")
+    samples_per_class: int = Field(32, ge=1, description="Pseudo-features per old class: global ones drawn anew "
+                                   "every epoch; pseudo patch sets once per task (their scores are constants when "
+                                   "the patch branch is frozen).")
     patch_mode: Literal["none", "selected_tokens", "image"] = Field(
         "image",
         description="Patch branch replay. 'image': a pseudo image offers all P patches like a real one: k drawn "
         "from a Gaussian over the class's description-selected patch tokens, P - k from a Gaussian over its other "
-        "tokens. 'selected_tokens': only the k selected-token draws. 'none': global features only.",
+        "tokens. 'selected_tokens': only the k selected-token draws. 'none': global features only (pseudo-features "
+        "then have no patch term, in training and in the calibration).",
     )
     loss_weight: float = Field(1.0, ge=0)
     calibration: Literal["none", "task_bias"] = Field(

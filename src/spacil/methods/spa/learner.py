@@ -31,8 +31,8 @@ from ..registry import register_method
 from .calibration import fit_task_offsets, task_of_class
 from .config import SPAConfig
 from .gaussian_replay import GaussianBank
-from .patch_selection import (gather_selected, patch_relevance, selected_mean, subtract_context,
-                              token_max_relevance, token_similarities, top_k_indices)
+from .patch_selection import (gather_selected, patch_relevance, random_directions, selected_mean,
+                              subtract_context, token_max_relevance, token_similarities, top_k_indices)
 from .projectors import ProjectorStack
 
 if TYPE_CHECKING:
@@ -157,10 +157,12 @@ class SPALearner(Learner):
             out["tokens"] = self._patch_text(sem.tokens[:n_seen]) * mask[..., None]
             out["token_mask"] = mask
             out["description"] = self._patch_text(sem.description[:n_seen])
+            if self.config.selection.rule == "random":
+                out["description"] = random_directions(n_seen, sem.tokens.shape[-1],
+                                                       self.config.selection.random_seed).to(sem.tokens.device)
         return out
 
-    def patch_scores(self, patches: Tensor, side: dict[str, Tensor], generator: torch.Generator | None = None
-                     ) -> tuple[Tensor, Tensor | None, Tensor]:
+    def patch_scores(self, patches: Tensor, side: dict[str, Tensor]) -> tuple[Tensor, Tensor | None, Tensor]:
         """Patch-level scores ``[B, C]`` of patches ``[B, P, D]`` as the branch sees them; also the plans
         ``[B, C, k, N]`` (None for mean aggregation) and the selected patch indices ``[B, C, k]``."""
         cfg = self.config
@@ -169,8 +171,7 @@ class SPALearner(Learner):
         if rule == "token_max":
             relevance = subtract_context(patches, token_max_relevance(sim, mask), cfg.selection.context_weight)
         else:
-            relevance = patch_relevance(patches, rule, side["description"], None, None, generator,
-                                        cfg.selection.context_weight)
+            relevance = patch_relevance(patches, rule, side["description"], None, None, cfg.selection.context_weight)
         index = top_k_indices(relevance, patches.shape[1] if rule == "all" else cfg.selection.k)
         if cfg.ot.aggregation == "mean":
             pooled = F.normalize(selected_mean(patches, index), dim=-1)  # [B, C, D]
@@ -185,10 +186,9 @@ class SPALearner(Learner):
         return score, plan, index
 
     @torch.no_grad()
-    def _patch_score_table(self, patches: Tensor, side: dict[str, Tensor], generator: torch.Generator | None
-                           ) -> Tensor:
+    def _patch_score_table(self, patches: Tensor, side: dict[str, Tensor]) -> Tensor:
         """Patch scores ``[n, C]`` of many images, chunk by chunk (no graph: the frozen branch's constants)."""
-        return torch.cat([self.patch_scores(self._patch_input(patches[i:i + self.chunk_size]), side, generator)[0]
+        return torch.cat([self.patch_scores(self._patch_input(patches[i:i + self.chunk_size]), side)[0]
                           for i in range(0, len(patches), self.chunk_size)])
 
     def _logits(self, global_: Tensor, side: dict[str, Tensor], patch: Tensor | None) -> Tensor:
@@ -201,19 +201,15 @@ class SPALearner(Learner):
             score = score + self.config.fusion_weight * patch
         return self.config.logit_scale * score
 
-    def _scored(self, global_: Tensor, patches: Tensor | None, side: dict[str, Tensor],
-                generator: torch.Generator | None) -> Tensor:
+    def _scored(self, global_: Tensor, patches: Tensor | None, side: dict[str, Tensor]) -> Tensor:
         patch = None
         if self.config.patch_branch and patches is not None:
-            patch = self.patch_scores(self._patch_input(patches), side, generator)[0]
+            patch = self.patch_scores(self._patch_input(patches), side)[0]
         return self._logits(global_, side, patch)
 
     def logits(self, batch: FeatureBatch, n_seen: int) -> Tensor:
         side = self.class_side(n_seen)
-        # only used by rule=random
-        generator = torch.Generator(device=batch.global_.device).manual_seed(self.config.selection.eval_seed)
-        chunks = [self._scored(batch.global_[i:i + self.chunk_size], batch.patches[i:i + self.chunk_size], side,
-                               generator)
+        chunks = [self._scored(batch.global_[i:i + self.chunk_size], batch.patches[i:i + self.chunk_size], side)
                   for i in range(0, len(batch), self.chunk_size)]
         return self._calibrated(torch.cat(chunks))
 
@@ -227,8 +223,7 @@ class SPALearner(Learner):
     def patch_evidence(self, patches: Tensor, n_seen: int) -> tuple[Tensor, Tensor | None, Tensor]:
         """What the patch branch does with raw patches ``[B, P, D]``: scores ``[B, C]``, plans ``[B, C, k, N]``
         (None under mean aggregation) and selected patch indices ``[B, C, k]`` (for mechanism metrics)."""
-        generator = torch.Generator(device=patches.device).manual_seed(self.config.selection.eval_seed)
-        return self.patch_scores(self._patch_input(patches), self.class_side(n_seen), generator)
+        return self.patch_scores(self._patch_input(patches), self.class_side(n_seen))
 
     @torch.no_grad()
     def alignment(self, patches: Tensor, labels: list[int], n_seen: int) -> list[dict]:
@@ -272,7 +267,7 @@ class SPALearner(Learner):
             if module is not None:
                 module.requires_grad_(False)
         self._remember_classes(ctx, train)
-        if cfg.replay.calibration == "task_bias" and cfg.replay.enabled:
+        if cfg.replay.calibration == "task_bias":
             self._fit_task_bias(ctx.n_seen, ctx.seed + cfg.replay.calibration_seed_offset)
             stats["task_bias"] = [round(float(b), 4) for b in self.task_bias]
         self.tasks_learned = ctx.task + 1
@@ -291,7 +286,7 @@ class SPALearner(Learner):
         real_patch = pool_patch = None
         if fixed:
             side = self.class_side(ctx.n_seen)
-            real_patch = self._patch_score_table(train.patches, side, dev_gen)
+            real_patch = self._patch_score_table(train.patches, side)
             if old and cfg.replay.patch_mode != "none":
                 pool_patch = self._pseudo_patch_scores(old, cfg.replay.samples_per_class, side, dev_gen)
         last_loss = torch.zeros(())
@@ -301,7 +296,6 @@ class SPALearner(Learner):
                 # global and patch Gaussians are independent, so fresh global draws paired with the pooled
                 # patch scores of the same class are distributed like fresh (global, patch) draws
                 pg, py = self.global_bank.sample(old, cfg.replay.samples_per_class, dev_gen, ctx.device)
-                pp = None if fixed else self._pseudo_patches(old, cfg.replay.samples_per_class, dev_gen)
                 pseudo_order = torch.randperm(len(py), generator=cpu_gen).to(ctx.device)
                 pseudo_per_step = -(-len(py) // steps_per_epoch)
             for step in range(steps_per_epoch):
@@ -310,7 +304,7 @@ class SPALearner(Learner):
                 if fixed:
                     logits = self._logits(train.global_[idx], side, real_patch[idx])
                 else:
-                    logits = self._scored(train.global_[idx], train.patches[idx], side, dev_gen)
+                    logits = self._scored(train.global_[idx], train.patches[idx], side)
                 loss = F.cross_entropy(logits, train.labels[idx])
                 if old:
                     j = pseudo_order[step * pseudo_per_step:(step + 1) * pseudo_per_step]
@@ -319,7 +313,10 @@ class SPALearner(Learner):
                             patch = pool_patch[j] if pool_patch is not None else None
                             pseudo_logits = self._logits(pg[j], side, patch)
                         else:
-                            pseudo_logits = self._scored(pg[j], pp[j] if pp is not None else None, side, dev_gen)
+                            # drawn per step for this step's labels: all pseudo patch sets of an epoch at
+                            # once would be [old classes x samples, P, D]
+                            patches = self._pseudo_patches(py[j].tolist(), 1, dev_gen)
+                            pseudo_logits = self._scored(pg[j], patches, side)
                         loss = loss + cfg.replay.loss_weight * F.cross_entropy(pseudo_logits, py[j])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -345,12 +342,17 @@ class SPALearner(Learner):
     @torch.no_grad()
     def _pseudo_patch_scores(self, classes: list[int], per_class: int, side: dict[str, Tensor],
                              generator: torch.Generator) -> Tensor:
-        """Patch scores ``[len(classes) * per_class, C]`` of pseudo images, drawn a few classes at a time so
-        the pseudo patch sets never all sit in memory."""
-        step = max(1, self.chunk_size // per_class)
-        return torch.cat([self._patch_score_table(self._pseudo_patches(classes[i:i + step], per_class, generator),
-                                                  side, generator)
-                          for i in range(0, len(classes), step)])
+        """Patch scores ``[len(classes) * per_class, C]`` of pseudo images (class-major). Drawn one class at a
+        time (the random stream does not depend on ``chunk_size``) and scored a chunk at a time, so the
+        pseudo patch sets never all sit in memory."""
+        scores, pending, n_pending = [], [], 0
+        for i, c in enumerate(classes):
+            pending.append(self._pseudo_patches([c], per_class, generator))
+            n_pending += per_class
+            if n_pending >= self.chunk_size or i == len(classes) - 1:
+                scores.append(self._patch_score_table(torch.cat(pending), side))
+                pending, n_pending = [], 0
+        return torch.cat(scores)
 
     @torch.no_grad()
     def _fit_task_bias(self, n_seen: int, seed: int) -> None:
@@ -381,7 +383,7 @@ class SPALearner(Learner):
     @torch.no_grad()
     def _remember_classes(self, ctx: TaskContext, train: FeatureBatch) -> None:
         """Store Gaussian statistics of the new classes (frozen, normalised features)."""
-        if not self.config.replay.enabled:
+        if not self.config.replay.enabled and self.config.replay.calibration == "none":
             return
         g = F.normalize(train.global_.float(), dim=-1)
         mode = self.config.replay.patch_mode if self.config.patch_branch else "none"

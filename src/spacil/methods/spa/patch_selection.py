@@ -11,7 +11,7 @@ Relevance rules (``method.spa.selection.rule``)::
 
     description:  r[b, c, p] = <x_bp, d_c>                 d_c: mean of c's phrase embeddings
     token_max:    r[b, c, p] = max_n <x_bp, s_cn>           s_cn: c's semantic tokens
-    random:       r[b, c, p] ~ U(0, 1)                      (ablation)
+    random:       r[b, c, p] = frac(10^4 <x_bp, z_c>)       z_c: a fixed random direction per class (ablation)
     all:          every patch is kept
 
 and, with ``context_weight`` = lambda > 0 (our addition), the image's own context is subtracted::
@@ -30,29 +30,37 @@ from torch import Tensor
 
 
 def patch_relevance(patches: Tensor, rule: str, description: Tensor | None = None, tokens: Tensor | None = None,
-                    token_mask: Tensor | None = None, generator: torch.Generator | None = None,
-                    context_weight: float = 0.0) -> Tensor:
+                    token_mask: Tensor | None = None, context_weight: float = 0.0) -> Tensor:
     """Relevance ``[B, C, P]`` of each patch to each class.
 
-    patches: [B, P, D] L2-normalised; description: [C, D] normalised class description embeddings;
-    tokens/token_mask: [C, N, D] / [C, N] semantic tokens (rule ``token_max``). ``random`` draws
-    scores from ``generator`` (ablation: selection that ignores the descriptions).
+    patches: [B, P, D] L2-normalised; description: [C, D] normalised class description embeddings, or
+    for rule ``random`` the classes' random directions (:func:`random_directions`): the relevance is then a
+    pseudo-random number in [0, 1) per (image, patch, class) that ignores the descriptions, yet is the same
+    for an image whatever batch it is scored in; tokens/token_mask:
+    [C, N, D] / [C, N] semantic tokens (rule ``token_max``).
     """
-    if rule == "description":
+    if rule in {"description", "random"}:
         assert description is not None
         relevance = torch.einsum("bpd,cd->bcp", patches, description)
+        if rule == "random":  # a hash of the patch: uniform for selection, unrelated to its content's meaning
+            return torch.frac((relevance.float() * 1e4).abs())
     elif rule == "token_max":
         assert tokens is not None and token_mask is not None
         relevance = token_max_relevance(token_similarities(patches, tokens), token_mask)
-    elif rule in {"random", "all"}:
+    elif rule == "all":
         b, p, _ = patches.shape
         c = description.shape[0] if description is not None else tokens.shape[0]  # type: ignore[union-attr]
-        if rule == "all":
-            return torch.zeros(b, c, p, device=patches.device, dtype=patches.dtype)
-        return torch.rand(b, c, p, generator=generator, device=patches.device, dtype=patches.dtype)
+        return torch.zeros(b, c, p, device=patches.device, dtype=patches.dtype)
     else:
         raise ValueError(f"unknown selection rule {rule!r}")
     return subtract_context(patches, relevance, context_weight)
+
+
+def random_directions(n_classes: int, dim: int, seed: int) -> Tensor:
+    """``[n_classes, dim]`` unit vectors; class c's depends only on ``(seed, c)``, so adding classes later
+    never changes an old class's direction."""
+    rows = [torch.randn(dim, generator=torch.Generator().manual_seed(seed * 1_000_003 + c)) for c in range(n_classes)]
+    return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
 
 
 def subtract_context(patches: Tensor, relevance: Tensor, weight: float) -> Tensor:
