@@ -2,8 +2,8 @@
 
     python scripts/partsworld_results.py            # writes docs/partsworld_results.md and the README block
 
-Tuning worlds (the method's choices were made looking at worlds 0 and 1) and held-out worlds (never looked
-at before this script ran them) are reported in separate tables. Every number comes from `spa-cil demo`'s
+Tuning worlds (the method's choices were made looking at worlds 0 and 1) and held-out worlds (never used
+to choose a setting) are reported in separate tables. Every number comes from `spa-cil demo`'s
 own code path (``run_demo``), one output folder per world under ``--output``.
 """
 
@@ -74,7 +74,7 @@ def main() -> None:
             f" runs:\n\n{_table(tuned, tuned_mech)}\n")
     if ints(args.held_out):
         held, held_mech = run_worlds(ints(args.held_out), ints(args.seeds)[:1], variants, args.output)
-        text += (f"Held-out worlds {args.held_out} (never run before this table; seed {ints(args.seeds)[0]}):\n\n"
+        text += (f"Held-out worlds {args.held_out} (never used to choose any setting; seed {ints(args.seeds)[0]}):\n\n"
                  f"{_table(held, held_mech)}\n")
     text += "Written by `python scripts/partsworld_results.py` (defaults).\n" if not args.no_readme else ""
     args.table_file.parent.mkdir(parents=True, exist_ok=True)
