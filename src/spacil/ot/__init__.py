@@ -1,31 +1,11 @@
-"""Entropic optimal transport between patch tokens and semantic tokens (batched Sinkhorn)."""
+"""Entropic optimal transport between patch tokens and semantic tokens (batched Sinkhorn).
+
+The public names are those of :mod:`spacil.ot.sinkhorn` (its ``__all__``), listed once there.
+"""
 
 from __future__ import annotations
 
-from .sinkhorn import (
-    EXP_DOMAIN_MAX_EXPONENT,
-    SinkhornConvergenceError,
-    choose_domain,
-    marginal_error,
-    ot_score,
-    reset_convergence_warnings,
-    sinkhorn_plan,
-    sinkhorn_exp,
-    sinkhorn_log,
-    sinkhorn_loop_reference,
-    uniform_masses,
-)
+from . import sinkhorn as _sinkhorn
+from .sinkhorn import *  # noqa: F401,F403 - re-export exactly sinkhorn.__all__
 
-__all__ = [
-    "EXP_DOMAIN_MAX_EXPONENT",
-    "SinkhornConvergenceError",
-    "choose_domain",
-    "marginal_error",
-    "ot_score",
-    "reset_convergence_warnings",
-    "sinkhorn_plan",
-    "sinkhorn_exp",
-    "sinkhorn_log",
-    "sinkhorn_loop_reference",
-    "uniform_masses",
-]
+__all__ = list(_sinkhorn.__all__)
