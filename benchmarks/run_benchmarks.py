@@ -216,7 +216,7 @@ def bench_convergence(args) -> dict:
 
     cfg = SPAConfig()
     k = 16
-    backbone = load_backbone("partsworld-tiny", device="cpu")
+    backbone = load_backbone("partsworld-clip", device="cpu")
     specs = make_class_specs(20, seed=0)
     samples = generate_split(specs, 3, seed=5, split="test")
     images = torch.stack([backbone.preprocess(s.image) for s in samples])

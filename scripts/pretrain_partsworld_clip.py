@@ -1,6 +1,6 @@
 """Reproduce the shipped parts-world tiny CLIP weights (CPU, a few minutes).
 
-    python scripts/pretrain_partsworld_clip.py            # writes src/spacil/assets/partsworld_tiny_clip.*
+    python scripts/pretrain_partsworld_clip.py            # writes src/spacil/assets/partsworld_clip.*
 
 The report (``.json``) records the settings, the loss history, a held-out alignment check and the
 sha256 of the weights file. With the same torch version and thread count the run is deterministic.
@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for field in dataclasses.fields(PretrainSettings):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-    parser.add_argument("--output", type=Path, default=ASSETS / "partsworld_tiny_clip.safetensors")
+    parser.add_argument("--output", type=Path, default=ASSETS / "partsworld_clip.safetensors")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = PretrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainSettings)})

@@ -13,7 +13,7 @@ runner = CliRunner()
 
 
 def test_shipped_partsworld_backbone_loads_offline():
-    backbone = load_backbone("partsworld-tiny", device="cpu")
+    backbone = load_backbone("partsworld-clip", device="cpu")
     assert backbone.grid_size == (8, 8) and backbone.embed_dim == 64
     weights = Path(backbone.spec.pretrained)
     report = json.loads(weights.with_suffix(".json").read_text())

@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from spacil.partsworld import make_class_specs
+from spacil.partsworld import class_descriptions, make_class_specs
 from spacil.partsworld.dataset import generate_item, generate_item_layers
 from spacil.partsworld.mechanism import (
     patch_components,
     phrase_assignment_accuracy,
-    phrase_components,
+    phrase_component,
     random_precision,
     selection_precision,
 )
@@ -44,7 +44,16 @@ def test_layers_match_the_exported_image_and_phrases_name_parts():
     image = generate_item(spec, 2, index=7, seed=4, size=64, split="test").image
     layers = generate_item_layers(spec, index=7, seed=4, size=64, split="test")
     assert np.array_equal(np.asarray(image), np.asarray(layers.image))
-    kinds = phrase_components(spec)
+    kinds = [phrase_component(p) for p in class_descriptions(spec)]
     assert kinds[:2] == ["body", "body"] and set(kinds[2:]) <= set(NAMES)
     present = {NAMES[i] for i in np.unique(layers.labels)}
     assert set(kinds[2:]) & present  # at least one described part is visible
+
+
+def test_phrase_component_reads_rewordings_and_names_nothing_for_filler():
+    assert phrase_component("long upright ears") == "ears"
+    assert phrase_component("Rabbit-like long ears") == "ears"  # a rewording, any case
+    assert phrase_component("spiral tail") == "tail"
+    assert phrase_component("grey skin") == "body"
+    assert phrase_component("cartoon creature") is None  # generic filler
+    assert phrase_component("a phrase from someone else's file") is None

@@ -31,7 +31,7 @@ def non_square_image(width: int = 97, height: int = 41) -> Image.Image:
     return Image.fromarray(np.random.default_rng(7).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize(("backbone_name", "size"), [("tiny-test", 32), ("partsworld-tiny", 64)])
+@pytest.mark.parametrize(("backbone_name", "size"), [("tiny-test", 32), ("partsworld-clip", 64)])
 def test_squash_equals_the_protocol_recipe_on_a_non_square_image(backbone_name, size):
     backbone = load_backbone(backbone_name, device="cpu", resize="squash")
     image = non_square_image()

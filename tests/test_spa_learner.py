@@ -94,7 +94,7 @@ def test_training_learns_well_above_chance_and_is_seed_deterministic():
         assert ka == kb and torch.equal(va, vb)
 
 
-def _two_task_forgetting(replay: bool, patch_branch: bool, scope: str = "all") -> float:
+def _two_task_forgetting(replay: bool, patch_branch: bool, scope: str = "all", patch: str = "per_task") -> float:
     """Old-class accuracy after task 2 when task 2 trains hard on new classes only."""
     body, parts, texts = _world(4, seed=5)
     g = torch.Generator().manual_seed(7)
@@ -110,7 +110,7 @@ def _two_task_forgetting(replay: bool, patch_branch: bool, scope: str = "all") -
 
     # calibration off: it keeps class statistics of its own and would blur what replay alone does
     cfg = _spa(patch_branch=patch_branch, replay={"enabled": replay, "samples_per_class": 40, "calibration": "none"},
-               projector={"scope": scope})
+               projector={"scope": scope, "patch": patch})
     learner = SPALearner(cfg, TrainConfig(epochs=40, lr=0.02, batch_size=32))
     learner.learn_task(_ctx(0, range(0, 2), 2, texts), sample([0, 1], 1))
     learner.learn_task(_ctx(1, range(2, 4), 4, texts), sample([2, 3], 2))
@@ -127,21 +127,26 @@ def test_gaussian_replay_reduces_forgetting(patch_branch):
 def test_frozen_patch_branch_keeps_old_classes_without_replay():
     """scope=global: projectors adapt only the global branch, so the part evidence of old classes cannot drift."""
     adapted = _two_task_forgetting(replay=False, patch_branch=True, scope="all")
-    frozen = _two_task_forgetting(replay=False, patch_branch=True, scope="global")
+    frozen = _two_task_forgetting(replay=False, patch_branch=True, scope="global", patch="frozen")
     assert frozen > adapted + 0.2, (adapted, frozen)
 
 
-@pytest.mark.parametrize("scope", ["global", "all"])
-def test_patch_scores_of_old_classes_move_only_when_projectors_adapt_patches(scope):
+@pytest.mark.parametrize(("scope", "patch"), [("global", "per_task"), ("global", "frozen"), ("all", "per_task")])
+def test_patch_scores_of_old_classes_move_only_when_projectors_adapt_patches(scope, patch):
+    """Per-task patch projectors learn (task 2's scores differ from frozen ones) yet never move task 1's."""
     body, parts, texts = _world(4)
     labels = np.repeat(np.arange(4), 10)
     images = _images(body, parts, labels, 1)
-    learner = SPALearner(_spa(projector={"scope": scope}), TrainConfig(epochs=3, lr=0.02))
+    learner = SPALearner(_spa(projector={"scope": scope, "patch": patch}), TrainConfig(epochs=3, lr=0.02))
     learner.learn_task(_ctx(0, range(0, 2), 2, texts), _images(body, parts, labels[:20], 2))
     before = learner.patch_evidence(images.patches, 2)[0]
     learner.learn_task(_ctx(1, range(2, 4), 4, texts), _images(body, parts, labels[20:], 3))
     after = learner.patch_evidence(images.patches, 4)[0][:, :2]
     assert torch.equal(before, after) == (scope == "global")
+    if patch == "per_task" and scope == "global":  # the patch projectors did learn something
+        frozen = SPALearner(_spa(projector={"patch": "frozen"}), TrainConfig(epochs=0))
+        frozen.learn_task(_ctx(0, range(0, 2), 2, texts), _images(body, parts, labels[:20], 2))
+        assert not torch.allclose(frozen.patch_evidence(images.patches, 2)[0], before)
 def test_state_round_trip_gives_identical_logits():
     body, parts, texts = _world(4)
     labels = np.repeat(np.arange(4), 10)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from pydantic import ValidationError
 
 from .config import list_presets, load_config
 from .errors import MissingFileError, SpacilError, UsageError
@@ -165,6 +166,11 @@ def demo(output: Path = typer.Option(Path("spacil-demo"), help="Report folder (d
          n_test: int = typer.Option(20, min=1, help="Test images per class."),
          image_size: int = typer.Option(64, min=16, help="Rendered image side in pixels."),
          world_seed: int = typer.Option(0, help="Data seed of parts world (class design and rendering)."),
+         descriptions: str = typer.Option("simulated", help="simulated (the simulated describer, shown guidance "
+                                          "images) or ground_truth (exact vocabulary phrases: an upper bound)."),
+         describer: Optional[List[str]] = typer.Option(None, help="Simulated describer setting KEY=VALUE "
+                                                       "(e.g. miss_rate=0.4, guidance=random); repeatable."),
+         ablations: bool = typer.Option(True, help="Also run the description ablations (guidance, error rates)."),
          set_: Optional[List[str]] = SetOption,
          progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
     """The built-in default: SPA vs baselines and ablations on parts world, with a report folder."""
@@ -172,16 +178,26 @@ def demo(output: Path = typer.Option(Path("spacil-demo"), help="Report folder (d
     from .training.compare import comparison_markdown
 
     try:
+        describer_settings = {}
+        for item in describer or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UsageError(f"--describer {item!r}: expected KEY=VALUE, e.g. miss_rate=0.4")
+            describer_settings[key.strip()] = value.strip()
         settings = DemoSettings(output=output, overrides=list(set_ or []),
                                 variants=[v.strip() for v in variants.split(",")] if variants else default_variants(),
                                 seeds=_seeds(seeds), n_classes=n_classes,
-                                n_train=n_train, n_test=n_test, image_size=image_size, data_seed=world_seed)
+                                n_train=n_train, n_test=n_test, image_size=image_size, data_seed=world_seed,
+                                descriptions=descriptions, describer=describer_settings, ablations=ablations)
         report, rows = run_demo(settings, progress=progress)
+    except ValidationError as exc:
+        _fail(UsageError(f"demo option: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"))
     except USER_ERRORS as exc:
         _fail(exc)
     typer.echo(comparison_markdown(rows))
-    if (output / "mechanism.md").is_file():
-        typer.echo((output / "mechanism.md").read_text())
+    for extra in ("mechanism.md", "description_ablations.md"):
+        if (output / extra).is_file():
+            typer.echo((output / extra).read_text())
     typer.echo(f"report: {report} (and {report.with_suffix('.html')})")
 
 

@@ -35,8 +35,12 @@ ALIASES: dict[str, BackboneSpec] = {
         BackboneSpec("laion2b/ViT-B-16", "ViT-B-16", "laion2b_s34b_b88k", "OpenCLIP ViT-B/16 LAION-2B"),
         BackboneSpec("openai/ViT-L-14", "ViT-L-14-quickgelu", "openai", "OpenAI CLIP ViT-L/14 (QuickGELU)"),
         BackboneSpec("tiny-test", "spacil-tiny-test", None, "Tiny random-init ViT (32px, 16 patches, 32-d) for tests; no download"),
-        BackboneSpec("partsworld-tiny", "spacil-partsworld-tiny", "package:assets/partsworld_tiny_clip.safetensors",
-                     "Tiny ViT (64px, 8x8 patches, 64-d) pretrained on parts world; shipped, no download"),
+        BackboneSpec("partsworld-clip", "spacil-partsworld-tiny", "package:assets/partsworld_clip.safetensors",
+                     "Tiny ViT (64px, 8x8 patches, 64-d) pretrained on parts world the way CLIP is (alt-text "
+                     "captions, contrastive loss only); the demo's backbone; shipped, no download"),
+        BackboneSpec("partsworld-partsup", "spacil-partsworld-tiny", "package:assets/partsworld_partsup_clip.safetensors",
+                     "Tiny ViT pretrained on parts world with part-level supervision (patch tokens taught the "
+                     "vocabulary phrases): an upper bound for SPA's patch branch, not a fair CLIP; shipped"),
     ]
 }
 

@@ -261,16 +261,14 @@ class DescriptionGenerator:
     def __init__(self, model: str, cache_path: str | os.PathLike[str], *, base_url: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", dataset_hint: str | None = None,
                  parameters: GenerationParameters | None = None, timeout: float = 120.0, max_attempts: int = 5,
-                 base_delay: float = 2.0, max_delay: float = 60.0, sleep: Callable[[float], None] = time.sleep):
+                 base_delay: float = 2.0, max_delay: float = 60.0, sleep: Callable[[float], None] = time.sleep,
+                 client: Any = None):
+        """``client``: anything with ``chat.completions.create(**request)`` answering like the OpenAI client
+        (a local stand-in, e.g. the parts-world simulated describer); None builds the OpenAI client."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         if base_delay < 0 or max_delay < 0:
             raise ValueError("delays must be >= 0")
-        openai = _import_openai()
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise SetupError(f"environment variable {api_key_env} is not set; the API key is read from the "
-                               "environment only")
         self.model = model
         self.cache_path = Path(cache_path)
         self.dataset_hint = dataset_hint
@@ -279,10 +277,18 @@ class DescriptionGenerator:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self._sleep = sleep
-        self._openai = openai
-        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
-        self._retryable = (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
-                           openai.InternalServerError)
+        if client is None:
+            openai = _import_openai()
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
+                raise SetupError(f"environment variable {api_key_env} is not set; the API key is read from the "
+                                 "environment only")
+            self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
+            self._retryable: tuple[type[BaseException], ...] = (
+                openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError)
+            self._status_error: type[BaseException] = openai.APIStatusError
+        else:
+            self._client, self._retryable, self._status_error = client, (), _NoStatusError
         mode = self.parameters.response_format
         self._formats = list(_AUTO_LADDER if mode == "auto" else [mode])  # [0]: the one asked for now
 
@@ -353,7 +359,7 @@ class DescriptionGenerator:
             mode = self._formats[0]
             try:
                 response = self._client.chat.completions.create(**self._request_kwargs(prompt, images, mode))
-            except self._openai.APIStatusError as exc:
+            except self._status_error as exc:
                 if len(self._formats) > 1 and _rejects_response_format(exc):
                     self._formats.pop(0)
                     logger.warning("the server does not accept response_format %s (%s); asking with %s from now on",
@@ -375,7 +381,7 @@ class DescriptionGenerator:
                 reason, error = f"invalid answer: {exc}", exc
             except self._retryable as exc:
                 reason, error = f"{type(exc).__name__}: {exc}", exc
-            except self._openai.APIStatusError as exc:  # 4xx other than 429: retrying will not help
+            except self._status_error as exc:  # 4xx other than 429: retrying will not help
                 hint = ""
                 if self._formats[0] != "none" and _rejects_response_format(exc):
                     hint = f"; the server rejects response_format {self._formats[0]}: use 'auto' or 'none'"
@@ -482,6 +488,10 @@ def _rejects_response_format(exc: BaseException) -> bool:
     """A 400/422 whose message names response_format, JSON mode or json_schema."""
     return getattr(exc, "status_code", None) in (400, 422) and bool(
         _NAMES_RESPONSE_FORMAT.search(_error_message(exc)))
+
+
+class _NoStatusError(Exception):
+    """Never raised: stands for the API's status errors when a local client answers."""
 
 
 class _ClassFailed(Exception):

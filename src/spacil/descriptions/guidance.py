@@ -11,6 +11,9 @@ Choices made here (the paper does not fix them):
   centre. Distances are taken to *every* image already chosen (representatives included), so diverse
   images also differ from the representative ones. Representatives are never picked again.
 Ties are broken by the lower image index, so the result depends only on the features and ``seed``.
+
+``random`` (an ablation, not SPA's guidance): ``n_representative + n_diverse`` images drawn uniformly
+without replacement (seeded), all reported as representative.
 """
 
 from __future__ import annotations
@@ -143,7 +146,8 @@ def _farthest_point(x: np.ndarray, centre: np.ndarray, chosen: list[int], n: int
 
 
 def select_guidance(features, n_representative: int, n_diverse: int, seed: int,
-                    method: Literal["centroid", "kmeans"] = "centroid", kmeans_max_iter: int = 100) -> GuidanceSelection:
+                    method: Literal["centroid", "kmeans", "random"] = "centroid",
+                    kmeans_max_iter: int = 100) -> GuidanceSelection:
     """Pick representative and diverse images of one class from its [n, d] CLIP global features.
 
     ``seed`` drives the k-means initialisation (``method="kmeans"``); ``centroid`` is seed-free.
@@ -151,8 +155,8 @@ def select_guidance(features, n_representative: int, n_diverse: int, seed: int,
     """
     if n_representative < 0 or n_diverse < 0:
         raise UsageError("n_representative and n_diverse must be >= 0")
-    if method not in ("centroid", "kmeans"):
-        raise UsageError(f"method must be 'centroid' or 'kmeans', got {method!r}")
+    if method not in ("centroid", "kmeans", "random"):
+        raise UsageError(f"method must be 'centroid', 'kmeans' or 'random', got {method!r}")
     x = _as_unit_rows(features)
     n = x.shape[0]
     if n_representative + n_diverse > n:
@@ -160,6 +164,9 @@ def select_guidance(features, n_representative: int, n_diverse: int, seed: int,
                        "returning all of them", n_representative, n_diverse, n)
     n_rep = min(n_representative, n)
     n_div = min(n_diverse, n - n_rep)
+    if method == "random":
+        picked = np.random.default_rng(seed).choice(n, size=n_rep + n_div, replace=False)
+        return GuidanceSelection(representative=[int(i) for i in picked], diverse=[])
     centre = x.mean(axis=0)  # ranking by x @ mean equals ranking by cosine to the normalised mean
     if n_rep == 0:
         representative: list[int] = []

@@ -25,7 +25,10 @@ from .vocabulary import NONE, VOCABULARY, PartValues
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1"  # bump when the vocabulary, class design or renderer changes the pixels
+GENERATOR_VERSION = "2"  # bump when the vocabulary, class design or renderer changes the pixels
+
+#: The ground-truth vocabulary phrases of every class (an upper bound for descriptions, never a default).
+GROUND_TRUTH_DESCRIPTIONS = "ground_truth_descriptions.json"
 
 _DOMAIN_SPLIT_IMAGE = 21
 _DOMAIN_RANDOM_PARTS = 22
@@ -116,7 +119,8 @@ def write_image_folder(root: str | os.PathLike[str], specs: Sequence[ClassSpec],
                        seed: int, size: int = 64, dataset_key: str = "partsworld",
                        config: RenderConfig | None = None,
                        templates: Sequence[str] = DEFAULT_CAPTION_TEMPLATES, workers: int = 1) -> Path:
-    """Write ``root/{train,test}/<class>/<idx>.png`` plus classes.txt, descriptions.json, captions.jsonl, manifest.json.
+    """Write ``root/{train,test}/<class>/<idx>.png`` plus classes.txt, ground_truth_descriptions.json,
+    captions.jsonl and manifest.json.
 
     The layout is what :class:`spacil.data.datasets.ImageFolderSource` reads; ``classes.txt`` fixes
     the label order (= ``specs`` order). ``workers > 1`` renders classes in that many processes; the
@@ -137,7 +141,8 @@ def write_image_folder(root: str | os.PathLike[str], specs: Sequence[ClassSpec],
         for lines in results:
             captions.writelines(lines)
     (root / "classes.txt").write_text("".join(f"{s.name}\n" for s in specs), encoding="utf-8")
-    _write_json(root / "descriptions.json", descriptions_document(specs, dataset_key))
+    # not descriptions.json: a run on this folder must not pick the ground truth up by itself
+    _write_json(root / GROUND_TRUTH_DESCRIPTIONS, descriptions_document(specs, dataset_key))
     manifest = {
         "generator": "spacil.partsworld",
         "generator_version": GENERATOR_VERSION,

@@ -1,10 +1,15 @@
 """``spa-cil demo``: the built-in benchmark, end to end on a CPU in minutes.
 
-1. render parts world (classes that share a global look and differ in local parts) into an image folder,
-   with its ground-truth description file; reused when already there;
-2. encode it once with the tiny CLIP pretrained on parts world (shipped with the package);
-3. run every registered method's default variants on the same features (:mod:`spacil.training.compare`);
-4. write a report folder: table, accuracy curves, accuracy-matrix heatmaps and OT alignment pictures.
+1. render parts world (classes that share a global look and differ in local parts, each image with its
+   own occlusions, faded or cut-off parts) into an image folder; reused when already there;
+2. encode it once with the CLIP-like tiny backbone pretrained on parts world (shipped with the package);
+3. describe every class with the simulated multimodal describer, through `spa-cil describe`'s path
+   (guidance images from the frozen features, validation, file format, provenance);
+4. run every registered method's default variants on the same features (:mod:`spacil.training.compare`);
+5. with ``ablations``: SPA on descriptions from random guidance images, and the description-reading rows
+   again at other describer error rates (SPA's margin over the best other row per error rate);
+6. write a report folder: table, accuracy curves, accuracy-matrix heatmaps, OT alignment pictures,
+   the patch mechanism measured against the renderer's part masks, and the description ablations.
 
 This module sits on top of the library: it uses its public API, and nothing in the library imports it.
 """
@@ -15,6 +20,8 @@ import json
 import logging
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import Field
 
 from ..config import Config, load_config
@@ -22,6 +29,8 @@ from ..methods import default_variants
 from ..schema import StrictModel
 from ..training.compare import ComparisonRow, prepare_variants, run_comparison
 from . import GENERATOR_VERSION, make_class_specs, write_image_folder
+from .dataset import GROUND_TRUTH_DESCRIPTIONS
+from .describer import DescriberSettings, describe_world
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +49,17 @@ class DemoSettings(StrictModel):
     n_test: int = Field(20, ge=1, description="Test images per class.")
     image_size: int = Field(64, ge=16, description="Rendered image side in pixels.")
     data_seed: int = Field(0, description="World seed: the class design and the rendering (`--world-seed`).")
+    descriptions: Literal["simulated", "ground_truth"] = Field(
+        "simulated", description="'simulated': the simulated describer shown guidance images (default); "
+        "'ground_truth': every class's exact vocabulary phrases (an upper bound no real describer reaches).")
+    describer: DescriberSettings = Field(default_factory=DescriberSettings)
+    ablations: bool = Field(True, description="Also run the description ablations (random guidance images; "
+                            "describer error rates x error_factors).")
+    error_factors: list[float] = Field(default_factory=lambda: [0.0, 2.0],
+                                       description="Describer error-rate multipliers of the sweep (1 = the main table).")
+    description_rows: list[str] = Field(
+        default_factory=lambda: ["spa", "clsonly_desc"],
+        description="Rows that read the description file: rerun in the ablations (the other rows do not read it).")
 
 
 def ensure_partsworld(root: Path, n_classes: int, n_train: int, n_test: int, seed: int, size: int) -> Path:
@@ -61,10 +81,19 @@ def world_folder(settings: DemoSettings) -> Path:
     return settings.output / "data" / f"world-{settings.data_seed}"
 
 
-def demo_config(settings: DemoSettings) -> Config:
+def demo_config(settings: DemoSettings, descriptions: Path | None = None) -> Config:
+    """The run config of the demo; ``descriptions``: the description file every row reads."""
     root = world_folder(settings)
+    chosen = ["descriptions.source=file", f"descriptions.path={descriptions}"] if descriptions else []
     return load_config(settings.preset, [f"data.root={root}", f"cache.root={settings.output / 'cache'}",
-                                         f"run.output_dir={settings.output / 'runs'}", *settings.overrides])
+                                         f"run.output_dir={settings.output / 'runs'}", *chosen, *settings.overrides])
+
+
+def demo_descriptions(settings: DemoSettings, describer: DescriberSettings, progress: bool = True) -> Path:
+    """The description file for ``describer`` (or the ground truth): described once per world and setting."""
+    if settings.descriptions == "ground_truth":
+        return world_folder(settings) / GROUND_TRUTH_DESCRIPTIONS
+    return describe_world(demo_config(settings), world_folder(settings), describer, progress)
 
 
 def run_demo(settings: DemoSettings, progress: bool = True) -> tuple[Path, list[ComparisonRow]]:
@@ -74,8 +103,56 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> tuple[Path, list[
     settings.output.mkdir(parents=True, exist_ok=True)
     ensure_partsworld(world_folder(settings), settings.n_classes, settings.n_train, settings.n_test,
                       settings.data_seed, size=settings.image_size)
-    base = demo_config(settings)
+    base = demo_config(settings, demo_descriptions(settings, settings.describer, progress))
     data = prepare_variants(base, settings.variants, progress=progress)
     rows = run_comparison(base, settings.variants, settings.seeds, settings.output, data=data, progress=progress)
-    report = write_demo_report(settings.output, base, data, rows, settings.image_size, settings.data_seed)
+    ablations = None
+    if settings.ablations and settings.descriptions == "simulated":
+        ablations = description_ablations(settings, rows, progress)
+    report = write_demo_report(settings.output, base, data, rows, settings.image_size, settings.data_seed,
+                               ablations=ablations)
     return report, rows
+
+
+def _rows_with(settings: DemoSettings, describer: DescriberSettings, variants: list[str], tag: str,
+               progress: bool) -> list[ComparisonRow]:
+    config = demo_config(settings, demo_descriptions(settings, describer, progress))
+    data = prepare_variants(config, variants, progress=progress)
+    return run_comparison(config, variants, settings.seeds, settings.output / "ablations" / tag, data=data,
+                          progress=progress)
+
+
+def best_other(rows: list[ComparisonRow], metric: str, exclude: str = "spa") -> tuple[str, float]:
+    """The best row other than ``exclude`` and SPA's own ablations (``spa_*``) by mean ``metric``."""
+    others = [(r.variant, r.stat(getattr(r, metric))[0]) for r in rows
+              if r.variant != exclude and not r.variant.startswith("spa_")]
+    return max(others, key=lambda vm: vm[1]) if others else ("-", float("nan"))
+
+
+def description_ablations(settings: DemoSettings, rows: list[ComparisonRow], progress: bool = True) -> dict:
+    """SPA on randomly chosen guidance images, and SPA's margin over the best other row per describer error
+    rate (rows that read descriptions rerun; the others are the main table's)."""
+    reading = [v for v in settings.description_rows if v in settings.variants]
+    out: dict = {"guidance": {}, "error_rates": []}
+    if "spa" in reading:
+        random_rows = _rows_with(settings, settings.describer.model_copy(update={"guidance": "random"}), ["spa"],
+                                 "random-guidance", progress)
+        main_spa = next(r for r in rows if r.variant == "spa")
+        out["guidance"] = {"representative+diverse": {"average": main_spa.average, "last": main_spa.last},
+                           "random": {"average": random_rows[0].average, "last": random_rows[0].last}}
+    fixed = [r for r in rows if r.variant not in reading]
+    for factor in sorted({1.0, *settings.error_factors}):
+        if factor == 1.0:
+            table = rows
+        else:
+            table = fixed + _rows_with(settings, settings.describer.scaled(factor), reading, f"errors-x{factor:g}",
+                                       progress)
+        entry: dict = {"factor": factor, "describer": settings.describer.scaled(factor).model_name}
+        spa = next((r for r in table if r.variant == "spa"), None)
+        for metric in ("average", "last"):
+            name, value = best_other(table, metric)
+            entry[metric] = {"spa": spa.stat(getattr(spa, metric))[0] if spa else float("nan"),
+                             "best_other": name, "best_other_value": value}
+            entry[metric]["margin"] = entry[metric]["spa"] - value
+        out["error_rates"].append(entry)
+    return out

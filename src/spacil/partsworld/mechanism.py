@@ -6,7 +6,9 @@ Accuracy says whether the method wins; these say whether the patch branch does w
   its local parts (not background, clutter or plain body). Choosing patches at random scores the share
   of part patches among all patches (reported beside it);
 * **phrase-assignment accuracy**: of the transport mass leaving patches of part X, the share that goes
-  to the phrase describing part X (chance is about one over the number of phrases);
+  to a phrase naming part kind X (chance is about one over the number of phrases). A phrase names a
+  kind when it is one of the wordings of a vocabulary phrase (:mod:`.wording`), whatever value it says
+  (a describer's confusion still names the right place); generic or unknown phrases name none;
 * **patch-branch accuracy**: top-1 of the patch-level score alone over all classes.
 
 A patch belongs to a part when that part covers at least ``min_fraction`` of its pixels (parts beat the
@@ -24,6 +26,8 @@ import torch
 from .classes import ClassSpec
 from .dataset import generate_item_layers
 from .render import RenderConfig, component_names
+from .vocabulary import VOCABULARY
+from .wording import wordings
 
 #: Components that are not local parts.
 NON_PART = ("background", "clutter", "body")
@@ -59,9 +63,23 @@ def image_components(specs: Sequence[ClassSpec], sample_ids: Sequence[str], seed
     return np.stack(out)
 
 
-def phrase_components(spec: ClassSpec) -> list[str]:
-    """Component behind each of the class's description phrases (the order of ``class_descriptions``)."""
-    return ["body", "body", *[kind for kind, _ in spec.parts.present_parts()]]
+def _phrase_table() -> dict[str, str]:
+    """Every wording of a vocabulary phrase (lower case) -> the component it names."""
+    table = {}
+    for shape in VOCABULARY.shapes:
+        table.update({w.lower(): "body" for w in wordings(shape.phrase)})
+    for colour in VOCABULARY.colours:
+        table.update({w.lower(): "body" for w in wordings(colour.phrase)})
+    for kind in VOCABULARY.kinds:
+        for value in kind.values:
+            table.update({w.lower(): kind.name for w in wordings(value.phrase)})
+    return table
+
+
+def phrase_component(phrase: str) -> str | None:
+    """The component a description phrase names ('body' or a part kind), or None for a phrase that names
+    none (generic filler, or wording of a user's own description file that parts world does not know)."""
+    return _phrase_table().get(phrase.strip().lower())
 
 
 def selection_precision(selected: np.ndarray, components: np.ndarray) -> float:
@@ -131,9 +149,9 @@ def measure_mechanism(learner, patches: torch.Tensor, labels: torch.Tensor, comp
     if own_plans:
         token_kinds = []
         for c in labels.tolist():
-            kinds = phrase_components(class_specs[c])
             n_valid = int(sem.mask[c].sum())
-            token_kinds.append([kinds[int(sem.token_phrase[c, n])] for n in range(n_valid)])
+            token_kinds.append([phrase_component(sem.phrases[c][int(sem.token_phrase[c, n])])
+                                for n in range(n_valid)])
         phrase_acc = phrase_assignment_accuracy(np.concatenate(own_plans), selected, components, token_kinds)
     return Mechanism(selection_precision(selected, components), random_precision(components), phrase_acc,
                      100.0 * correct / len(labels))

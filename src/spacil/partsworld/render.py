@@ -59,26 +59,56 @@ class RenderConfig:
     clutter_clearance: float = 0.2  # extra body-local margin kept free around the creature
     p_detached_part: float = 0.5  # chance to try placing one loose vocabulary part away from the creature
     detached_part_scale: float = 0.4  # its size relative to the body's parts
+    # Within-class variation: what one image of a class shows differs from another, so which images a
+    # describer is shown matters. Each is drawn per image from its own stream; the part kind it hits is
+    # chosen among all kinds (present or not), so classes of a group still share it image by image.
+    p_occluder: float = 0.25  # a foreground blob covers the place of one part kind
+    occluder_radius: tuple[float, float] = (0.45, 0.7)  # body-local units
+    p_faded_part: float = 0.15  # one part kind is drawn with low contrast (hard to see)
+    fade_strength: float = 0.8  # its colours mixed this far towards the body colour
+    p_out_of_frame: float = 0.1  # the creature sits at an edge, the parts on that side cut off
 
     def __post_init__(self) -> None:
         if self.supersample < 1:
             raise ValueError("supersample must be >= 1")
-        for name in ("body_radius", "background_desaturation", "noise_sigma", "n_clutter", "clutter_size"):
+        for name in ("p_occluder", "p_faded_part", "p_out_of_frame", "fade_strength"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("body_radius", "background_desaturation", "noise_sigma", "n_clutter", "clutter_size",
+                     "occluder_radius"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name} must be a range (lo, hi) with 0 <= lo <= hi, got {(lo, hi)}")
 
 
+@dataclass(frozen=True)
+class Variation:
+    """What made this image differ from its class's typical look (None: not drawn for this image)."""
+
+    occluded: str | None = None  # part kind whose place a foreground blob covers
+    faded: str | None = None  # part kind drawn with low contrast
+    out_of_frame: str | None = None  # 'back', 'top' or 'bottom': the side of the creature cut off
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"occluded": self.occluded, "faded": self.faded, "out_of_frame": self.out_of_frame}
+
+
 @dataclass
 class RenderResult:
-    """An image plus its per-pixel component labels (see :func:`component_names`)."""
+    """An image plus its per-pixel component labels (see :func:`component_names`) and its variation."""
 
     image: Image.Image
     labels: np.ndarray  # uint8 [size, size]
+    variation: Variation = Variation()
 
     def mask(self, component: str) -> np.ndarray:
         """Boolean mask of the visible pixels of ``component`` ('body', 'clutter', 'background' or a kind)."""
         return self.labels == component_names().index(component)
+
+    def visible_pixels(self) -> dict[str, int]:
+        """Per part kind, how many output pixels of it are visible (0 when absent, hidden or cut off)."""
+        counts = np.bincount(self.labels.ravel(), minlength=PART_LABEL_BASE + len(VOCABULARY.kinds))
+        return {k: int(counts[PART_LABEL_BASE + i]) for i, k in enumerate(VOCABULARY.kind_names)}
 
 
 def component_names() -> list[str]:
@@ -233,9 +263,16 @@ class _Canvas:
         self.frame = frame
         self.ss = supersample
         self.label = LABEL_BACKGROUND
+        self.tint: tuple[tuple[int, ...], float] | None = None  # (colour, t): fills mixed towards it (faded part)
+
+    def _ink(self, colour: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if colour is None or self.tint is None:
+            return colour
+        return _mix(colour, self.tint[0], self.tint[1])
 
     def polygon(self, local: np.ndarray, fill: tuple[int, ...], outline: tuple[int, ...] | None = None) -> None:
         pts = self.frame.pts(local)
+        fill, outline = self._ink(fill), self._ink(outline)
         self.draw.polygon(pts, fill=fill)
         self.ldraw.polygon(pts, fill=self.label)
         if outline is not None:  # a closed wide line: much faster in PIL than polygon(width=...)
@@ -249,6 +286,7 @@ class _Canvas:
 
     def line(self, local: np.ndarray, fill: tuple[int, ...], local_width: float) -> None:
         pts = self.frame.pts(local)
+        fill = self._ink(fill)
         width = self.frame.width(local_width)
         self.draw.line(pts, fill=fill, width=width, joint="curve")
         self.ldraw.line(pts, fill=self.label, width=width, joint="curve")
@@ -581,6 +619,53 @@ def _clutter(rng: np.random.Generator, c: _Canvas, frame: _Frame, geom: _ShapeGe
         c.frame = saved
 
 
+# ----------------------------------------------------------------------------- within-class variation
+
+
+def _draw_variation(rng: np.random.Generator, cfg: RenderConfig) -> Variation:
+    """Which variations this image gets (a fixed number of draws, whatever happens)."""
+    kinds = VOCABULARY.kind_names
+    u = rng.uniform(size=3)
+    occluded, faded = (kinds[int(i)] for i in rng.integers(len(kinds), size=2))
+    side = ("back", "top", "bottom")[int(rng.integers(3))]
+    return Variation(occluded=occluded if u[0] < cfg.p_occluder else None,
+                     faded=faded if u[1] < cfg.p_faded_part else None,
+                     out_of_frame=side if u[2] < cfg.p_out_of_frame else None)
+
+
+def _part_place(geom: _ShapeGeometry, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Body-local centre of where ``kind`` is drawn (whatever its value), for the occluder to cover."""
+    if kind == "ears":
+        return _top_anchor(geom, float(rng.choice([-0.55, 0.55]))) + np.array([0.0, -0.2])
+    if kind == "horn":
+        return _top_anchor(geom, 0.0) + np.array([0.0, -0.35])
+    if kind == "eyes":
+        return np.array([0.0, geom.eye_y])
+    if kind == "pattern":
+        return np.array([0.0, geom.pattern_y])
+    if kind == "tail":
+        return _edge_point(geom, (0.0, 0.2), (-1.0, 0.0)) + np.array([-0.3, -0.35])
+    if kind == "legs":
+        return _edge_point(geom, (0.0, 0.0), (0.0, 1.0)) + np.array([0.0, 0.3])
+    raise KeyError(kind)
+
+
+def _occluder(rng: np.random.Generator, c: _Canvas, geom: _ShapeGeometry, kind: str, body_rgb: Sequence[int],
+              cfg: RenderConfig) -> None:
+    """A foreground blob (a leaf, a rock) over the place of one part kind, labelled as clutter."""
+    centre = _part_place(geom, kind, rng) + rng.uniform(-0.12, 0.12, size=2)
+    radius = rng.uniform(*cfg.occluder_radius)
+    t = np.linspace(0.0, 2 * math.pi, 11, endpoint=False) + rng.uniform(0, 2 * math.pi)
+    r = radius * rng.uniform(0.75, 1.15, size=t.size)
+    blob = np.stack([centre[0] + r * np.cos(t), centre[1] + r * np.sin(t)], axis=1)
+    for _ in range(20):
+        rgb = rng.uniform(30, 220, size=3)
+        if np.linalg.norm(rgb - np.asarray(body_rgb, dtype=float)) >= cfg.background_contrast:
+            break
+    c.label = LABEL_CLUTTER
+    c.polygon(blob, tuple(int(v) for v in rgb), _shade(rgb, 0.5))
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -602,9 +687,9 @@ def render_layers(item: Any, rng: np.random.Generator, size: int = 64,
     Consumes a fixed number of draws from ``rng`` whatever the part values are. The image equals
     :func:`render_image` for the same ``rng`` state.
     """
-    image, labels = _render(item, rng, size, config, with_labels=True)
+    image, labels, variation = _render(item, rng, size, config, with_labels=True)
     assert labels is not None
-    return RenderResult(image, labels)
+    return RenderResult(image, labels, variation)
 
 
 def render_image(item: Any, rng: np.random.Generator, size: int = 64,
@@ -614,14 +699,15 @@ def render_image(item: Any, rng: np.random.Generator, size: int = 64,
 
 
 def _render(item: Any, rng: np.random.Generator, size: int, config: RenderConfig | None,
-            with_labels: bool) -> tuple[Image.Image, np.ndarray | None]:
+            with_labels: bool) -> tuple[Image.Image, np.ndarray | None, Variation]:
     _check_drawers()
     cfg = config or RenderConfig()
     parts = _as_parts(item)
     kinds = VOCABULARY.kind_names
-    seeds = rng.integers(0, 2**63 - 1, size=4 + len(kinds))
-    bg_rng, body_rng, clutter_rng, noise_rng = (np.random.default_rng(int(s)) for s in seeds[:4])
-    part_rngs = {k: np.random.default_rng(int(s)) for k, s in zip(kinds, seeds[4:])}
+    seeds = rng.integers(0, 2**63 - 1, size=5 + len(kinds))
+    bg_rng, body_rng, clutter_rng, noise_rng, variation_rng = (np.random.default_rng(int(s)) for s in seeds[:5])
+    part_rngs = {k: np.random.default_rng(int(s)) for k, s in zip(kinds, seeds[5:])}
+    variation = _draw_variation(variation_rng, cfg)
 
     ss = cfg.supersample
     full = size * ss
@@ -637,6 +723,14 @@ def _render(item: Any, rng: np.random.Generator, size: int, config: RenderConfig
     left, right = (back, front) if facing == 1 else (front, back)
     cx = body_rng.uniform(left, size - right) if size - right > left else size / 2
     cy = body_rng.uniform(top, size - bottom) if size - bottom > top else size / 2
+    if variation.out_of_frame is not None:  # the body's edge on that side at the image border
+        edge = geom.reach * radius * variation_rng.uniform(0.85, 1.1)
+        if variation.out_of_frame == "back":
+            cx = edge if facing == 1 else size - edge
+        elif variation.out_of_frame == "top":
+            cy = edge
+        else:
+            cy = size - edge
     frame = _Frame(cx * ss, cy * ss, radius * ss, angle, facing)
 
     bg = _background(bg_rng, size, body_rgb, cfg)
@@ -656,7 +750,9 @@ def _render(item: Any, rng: np.random.Generator, size: int, config: RenderConfig
         value = parts.get(kind)
         if value != NONE:
             canvas.label = PART_LABEL_BASE + kinds.index(kind)
+            canvas.tint = (style.body, cfg.fade_strength) if kind == variation.faded else None
             _DRAWERS[kind](value, canvas, geom, style, jitters[kind])
+            canvas.tint = None
 
     for kind in _BEHIND_BODY:
         draw_part(kind)
@@ -664,6 +760,8 @@ def _render(item: Any, rng: np.random.Generator, size: int, config: RenderConfig
     canvas.polygon(geom.polygon, style.body, style.outline)
     for kind in _ON_BODY:
         draw_part(kind)
+    if variation.occluded is not None:
+        _occluder(variation_rng, canvas, geom, variation.occluded, body_rgb, cfg)
 
     small = canvas.image.reduce(ss)
     arr = np.asarray(small, dtype=np.float32)
@@ -671,10 +769,10 @@ def _render(item: Any, rng: np.random.Generator, size: int, config: RenderConfig
     arr = arr + noise_rng.standard_normal(size=arr.shape, dtype=np.float32) * sigma
     out = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "RGB")
     if canvas.labels is None:
-        return out, None
+        return out, None, variation
     # Label of each output pixel = label at the centre of its supersampled block.
     labels = np.asarray(canvas.labels, dtype=np.uint8)[ss // 2::ss, ss // 2::ss][:size, :size].copy()
-    return out, labels
+    return out, labels, variation
 
 
 def caption_for(item: Any, rng: np.random.Generator,

@@ -115,9 +115,50 @@ def mechanism_markdown(measured: Sequence[tuple[str, Mechanism]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _error_rate_figure(path: Path, ablations: dict) -> Path:
+    """SPA's margin over the best other row (Ā and A_B) against the describer's error-rate multiplier."""
+    from ..runs.plots import new_figure
+
+    entries = ablations["error_rates"]
+    fig = new_figure(figsize=(5, 3.5), dpi=120)
+    ax = fig.subplots()
+    factors = [e["factor"] for e in entries]
+    for metric, label in (("average", "Ā"), ("last", "A_B")):
+        ax.plot(factors, [e[metric]["margin"] for e in entries], marker="o", label=f"{label}: SPA − best other row")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xticks(factors)
+    ax.set_xlabel("describer error rates (× default)")
+    ax.set_ylabel("margin (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def ablations_markdown(ablations: dict) -> str:
+    """The guidance ablation and the error-rate sweep as markdown tables."""
+    lines = []
+    guidance = ablations.get("guidance")
+    if guidance:
+        lines += ["| SPA's descriptions from | Ā | A_B |", "|---|---|---|"]
+        for name, values in guidance.items():
+            lines.append(f"| {name} guidance images | {np.mean(values['average']):.2f} | {np.mean(values['last']):.2f} |")
+        lines.append("")
+    lines += ["| error rates | SPA Ā | best other (Ā) | margin Ā | SPA A_B | best other (A_B) | margin A_B |",
+              "|---|---|---|---|---|---|---|"]
+    for e in ablations["error_rates"]:
+        a, b = e["average"], e["last"]
+        lines.append(f"| ×{e['factor']:g} | {a['spa']:.2f} | {a['best_other']} {a['best_other_value']:.2f} | "
+                     f"{a['margin']:+.2f} | {b['spa']:.2f} | {b['best_other']} {b['best_other_value']:.2f} | "
+                     f"{b['margin']:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_demo_report(output: Path, base: Config, data: PreparedData, rows: Sequence[ComparisonRow],
-                      image_size: int, world_seed: int = 0) -> Path:
-    """``report.md``, ``report.html`` and ``mechanism.md``/``.json`` in ``output``; returns the markdown path."""
+                      image_size: int, world_seed: int = 0, ablations: dict | None = None) -> Path:
+    """``report.md``, ``report.html``, ``mechanism.md``/``.json`` and (with ``ablations``)
+    ``description_ablations.md``/``.json`` in ``output``; returns the markdown path."""
     (output / "plots").mkdir(exist_ok=True)
     heatmaps = _heatmaps(output, rows)
     measured = mechanism_rows(data, rows, world_seed, image_size)
@@ -148,6 +189,16 @@ def write_demo_report(output: Path, base: Config, data: PreparedData, rows: Sequ
                "the patch score alone, all classes.", ""]
     if alignment:
         md += ["## Patch-level alignment (SPA, after the last task)", "", f"![alignment]({alignment})", ""]
+    ablation_md = ""
+    if ablations:
+        ablation_md = ablations_markdown(ablations)
+        write_text_atomic(output / "description_ablations.md", ablation_md)
+        write_json_atomic(output / "description_ablations.json", ablations)
+        figure = _error_rate_figure(output / "plots" / "error_rates.png", ablations)
+        md += ["## Descriptions: guidance images and describer errors", "", ablation_md,
+               "Rows that read the description file were rerun with each description set; the other rows do "
+               "not read it. Best other row: the best default row other than SPA and its `spa_*` ablations.", "",
+               f"![error rates]({figure.relative_to(output)})", ""]
     md += ["## Accuracy matrices", ""] + [f"![{v}]({p})" for v, p in heatmaps]
     md += ["", "Files: `comparison.csv`, `comparison.json`, one run folder per method under `runs/`."]
     write_text_atomic(output / "report.md", "\n".join(md) + "\n")

@@ -74,6 +74,15 @@ class ProjectorConfig(StrictModel):
     hidden_dim: int = Field(256, ge=1, description="Bottleneck width of each residual projector.")
     text: bool = Field(True, description="Also adapt the text side (class prompts, and semantic tokens when "
                        "scope=all).")
+    patch: Literal["per_task", "frozen"] = Field(
+        "per_task", description="The patch branch under scope=global. 'per_task': each task trains its own patch "
+        "projector through the OT score, and the classes of task j are scored on patches projected by task j's "
+        "projector, so a later task cannot move an old class's patch score (our choice, measured); selection "
+        "ranks patches in that learned space. 'frozen' (ablation row `spa_frozen_patches`): frozen patches "
+        "against frozen semantic tokens, no parameter learns through the OT score.")
+    patch_lr_scale: float = Field(
+        1.0, gt=0, description="Learning rate of the per-task patch projector relative to train.lr (it starts at "
+        "the identity and has one task to learn the patch-phrase alignment).")
     scope: Literal["global", "all"] = Field(
         "global", description="What the projectors adapt. 'global': the [CLS] branch (image, prompts, prototypes); "
         "the patch branch aligns frozen patches with frozen semantic tokens, so it cannot drift when later tasks "
@@ -101,7 +110,13 @@ class ReplayConfig(StrictModel):
         "task_bias",
         description="Our addition: after each task, fit one logit offset per task on balanced pseudo-features of "
         "every seen class (the model frozen), so the newest task's classes do not win by recency alone.")
-    calibration_samples: int = Field(64, ge=2, description="Pseudo-features per seen class for the calibration fit.")
+    calibration_samples: int = Field(64, ge=2, description="Pseudo-features per seen class for the calibration fit. "
+                                     "Each class's pseudo patch sets are regenerated from a per-class seed, and their "
+                                     "patch scores against classes of earlier tasks are kept, so a task scores them "
+                                     "against its new classes only (cost linear in the seen classes).")
+    max_pseudo_per_step: int = Field(64, ge=1, description="At most this many pseudo-features of old classes join "
+                                     "each training step (a fixed budget, so a task's cost grows linearly with the "
+                                     "seen classes, not with their square).")
     calibration_seed_offset: int = Field(2, description="Its generator is seeded with the task seed plus this.")
 
 
@@ -109,6 +124,19 @@ class SPAConfig(StrictModel):
     """SPA: global [CLS]-text alignment plus description-guided patch-level OT alignment."""
 
     patch_branch: bool = Field(True, description="false = the CLS-only variant (global branch alone).")
+    patch_loss_weight: float = Field(
+        1.0, ge=0, description="Our addition: with per-task patch projectors, also a cross-entropy over the new "
+        "task's classes on the patch score alone (scaled by logit_scale), so the patch projector keeps learning the "
+        "alignment after the fused logits already fit the training images (row `spa_no_patch_loss` = 0).")
+    patch_centering: Literal["task", "none"] = Field(
+        "task", description="Our choice: the patch score of class c minus the mean patch score of the classes of "
+        "c's task, per image, before fusion. The patch branch then only says which of a task's classes (where "
+        "siblings sit) the parts favour, and a task's patch projector cannot raise its classes over older ones "
+        "(row `spa_uncentred_patches` = 'none').")
+    global_descriptions: bool = Field(
+        False, description="The class text of the global branch is the normalised sum of the class prompt and the "
+        "class's mean description-phrase embedding (our control: what descriptions add without patches; row "
+        "`clsonly_desc`).")
     fusion_weight: float = Field(1.0, ge=0, description="Patch score weight in logit = scale * (global + w * patch).")
     prototype_weight: float = Field(
         1.0, ge=0, description="Weight of the visual-prototype term in the global score (cosine of the adapted image "

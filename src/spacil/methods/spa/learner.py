@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...errors import UsageError
 from ...ot import ot_score, uniform_masses
@@ -33,7 +33,7 @@ from .config import SPAConfig
 from .gaussian_replay import GaussianBank
 from .patch_selection import (gather_selected, patch_relevance, random_directions, selected_mean,
                               subtract_context, token_max_relevance, token_similarities, top_k_indices)
-from .projectors import ProjectorStack
+from .projectors import ProjectorStack, ResidualAdapter
 
 if TYPE_CHECKING:
     from ...backbone import FrozenCLIP
@@ -46,12 +46,16 @@ logger = logging.getLogger(__name__)
 
 @register_method(
     "spa", config=SPAConfig,
-    variants={"clsonly": ["patch_branch=false"], "spa": [], "spa_no_ot": ["ot.aggregation=mean"],
+    variants={"clsonly": ["patch_branch=false"], "clsonly_desc": ["patch_branch=false", "global_descriptions=true"],
+              "spa": [], "spa_no_ot": ["ot.aggregation=mean"],
               "spa_no_replay": ["replay.enabled=false"], "spa_shared_projector": ["projector.per_task=false"],
               "spa_random_selection": ["selection.rule=random"],
               "spa_no_context_selection": ["selection.context_weight=0"],
               "spa_no_calibration": ["replay.calibration=none"],
               "spa_adapted_patches": ["projector.scope=all"],
+              "spa_frozen_patches": ["projector.patch=frozen"],
+              "spa_uncentred_patches": ["patch_centering=none"],
+              "spa_no_patch_loss": ["patch_loss_weight=0"],
               "spa_token_replay": ["replay.patch_mode=selected_tokens"]},
     extra_variants={"spa_no_patch_replay": ["replay.patch_mode=none"],
                     "spa_plain": ["selection.context_weight=0", "replay.calibration=none", "projector.scope=all",
@@ -77,6 +81,9 @@ class SPALearner(Learner):
         self.n_patches = 0
         self.task_starts: list[int] = []  # first label of every task learned so far
         self.task_bias: Tensor | None = None  # [tasks] logit offsets from the calibration
+        self.patch_projectors: nn.ModuleList | None = None  # projector.patch=per_task: one adapter per task
+        self.pool_seed: int | None = None  # seeds every class's calibration pool (fixed at the first task)
+        self._pool_scores: dict[int, Tensor] = {}  # class -> patch scores of its pool vs classes 0..m-1
 
     @classmethod
     def from_config(cls, config: "Config") -> "SPALearner":
@@ -107,22 +114,32 @@ class SPALearner(Learner):
 
     @property
     def _frozen_patch_branch(self) -> bool:
+        """No projector shared by all classes acts on the patch branch (scope=global): an old class's patch
+        score never moves once its task is learned (frozen, or scored through its own task's projector)."""
         return self.config.projector.scope == "global"
+
+    @property
+    def _learned_patches(self) -> bool:
+        p = self.config.projector
+        return self.config.patch_branch and p.scope == "global" and p.patch == "per_task"
 
     # ------------------------------------------------------------------ set-up
     def _attach(self, ctx: TaskContext) -> None:
         """Move text features to the device and create the projector stacks on first use."""
         self.device = ctx.device
         self.prompts = ctx.texts.prompt_embeddings.to(ctx.device)
-        if self.config.patch_branch:
+        if self.config.patch_branch or self.config.global_descriptions:
             if ctx.texts.semantic is None:
-                raise UsageError("SPA's patch branch needs semantic tokens (class descriptions)")
+                raise UsageError("SPA's patch branch and global_descriptions need semantic tokens (class descriptions)")
             self.semantic = ctx.texts.semantic.to(ctx.device)
+        if self.config.global_descriptions:
+            self.prompts = F.normalize(F.normalize(self.prompts.float(), dim=-1) + self.semantic.description, dim=-1)
         if self.visual is None:
             dim = self.prompts.shape[1]
             p = self.config.projector
             self.visual = ProjectorStack(dim, p.hidden_dim, p.per_task).to(ctx.device)
             self.text = ProjectorStack(dim, p.hidden_dim, p.per_task).to(ctx.device) if p.text else None
+            self.patch_projectors = nn.ModuleList() if self._learned_patches else None
 
     def _add_projectors(self, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
@@ -133,6 +150,10 @@ class SPALearner(Learner):
         self.visual.to(self.device)
         if self.text is not None:
             self.text.to(self.device)
+        if self.patch_projectors is not None:
+            self.patch_projectors.requires_grad_(False)
+            dim = self.prompts.shape[1]
+            self.patch_projectors.append(ResidualAdapter(dim, self.config.projector.hidden_dim, generator).to(self.device))
 
     # ------------------------------------------------------------------ scoring
     def _text(self, x: Tensor) -> Tensor:
@@ -185,10 +206,43 @@ class SPALearner(Learner):
                                tol=cfg.ot.convergence_tol, compile=cfg.ot.compile)
         return score, plan, index
 
+    def _task_ranges(self, n_seen: int) -> list[tuple[int, int, int]]:
+        """(task, first class, end) of every task whose classes are among the first ``n_seen``."""
+        starts = [c for c in self.task_starts if c < n_seen]
+        return [(j, a, b) for j, (a, b) in enumerate(zip(starts, starts[1:] + [n_seen]))]
+
+    @staticmethod
+    def _side_slice(side: dict[str, Tensor], start: int, end: int) -> dict[str, Tensor]:
+        return {k: side[k][start:end] for k in ("tokens", "token_mask", "description")}
+
+    def branch_scores(self, patches: Tensor, side: dict[str, Tensor], classes: range | None = None,
+                      ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Patch-branch scores ``[B, C']`` of raw patches ``[B, P, D]`` for ``classes`` (default: all in ``side``),
+        with plans and selected indices as :meth:`patch_scores`. With per-task patch projectors the classes of
+        task j are scored on patches projected by task j's projector."""
+        n = side["tokens"].shape[0]
+        classes = classes if classes is not None else range(n)
+        if not self._learned_patches:
+            part = self._side_slice(side, classes.start, classes.stop)
+            return self.patch_scores(self._patch_input(patches), part)
+        x = F.normalize(patches.float(), dim=-1)
+        scores, plans, indices = [], [], []
+        for j, a, b in self._task_ranges(n):
+            a, b = max(a, classes.start), min(b, classes.stop)
+            if a >= b:
+                continue
+            projected = F.normalize(x + self.patch_projectors[j](x), dim=-1)
+            score, plan, index = self.patch_scores(projected, self._side_slice(side, a, b))
+            scores.append(score)
+            plans.append(plan)
+            indices.append(index)
+        plan = torch.cat(plans, dim=1) if plans and plans[0] is not None else None
+        return torch.cat(scores, dim=1), plan, torch.cat(indices, dim=1)
+
     @torch.no_grad()
-    def _patch_score_table(self, patches: Tensor, side: dict[str, Tensor]) -> Tensor:
-        """Patch scores ``[n, C]`` of many images, chunk by chunk (no graph: the frozen branch's constants)."""
-        return torch.cat([self.patch_scores(self._patch_input(patches[i:i + self.chunk_size]), side)[0]
+    def _patch_score_table(self, patches: Tensor, side: dict[str, Tensor], classes: range | None = None) -> Tensor:
+        """Patch scores ``[n, C']`` of many images, chunk by chunk (no graph: constants while a task trains)."""
+        return torch.cat([self.branch_scores(patches[i:i + self.chunk_size], side, classes)[0]
                           for i in range(0, len(patches), self.chunk_size)])
 
     def _logits(self, global_: Tensor, side: dict[str, Tensor], patch: Tensor | None) -> Tensor:
@@ -198,13 +252,23 @@ class SPALearner(Learner):
         if "prototypes" in side:
             score = score + self.config.prototype_weight * (g @ side["prototypes"].T)
         if patch is not None:
-            score = score + self.config.fusion_weight * patch
+            score = score + self.config.fusion_weight * self._centred(patch)
         return self.config.logit_scale * score
+
+    def _centred(self, patch: Tensor) -> Tensor:
+        """Patch scores ``[B, C]`` minus, per image, the mean over the classes of each class's task."""
+        if self.config.patch_centering == "none":
+            return patch
+        task = task_of_class(self.task_starts, patch.shape[1], patch.device)
+        n_tasks = int(len([c for c in self.task_starts if c < patch.shape[1]]))
+        counts = torch.bincount(task, minlength=n_tasks).to(patch.dtype)
+        means = torch.zeros(patch.shape[0], n_tasks, dtype=patch.dtype, device=patch.device).index_add_(1, task, patch)
+        return patch - (means / counts)[:, task]
 
     def _scored(self, global_: Tensor, patches: Tensor | None, side: dict[str, Tensor]) -> Tensor:
         patch = None
         if self.config.patch_branch and patches is not None:
-            patch = self.patch_scores(self._patch_input(patches), side)[0]
+            patch = self.branch_scores(patches, side)[0]
         return self._logits(global_, side, patch)
 
     def logits(self, batch: FeatureBatch, n_seen: int) -> Tensor:
@@ -223,15 +287,15 @@ class SPALearner(Learner):
     def patch_evidence(self, patches: Tensor, n_seen: int) -> tuple[Tensor, Tensor | None, Tensor]:
         """What the patch branch does with raw patches ``[B, P, D]``: scores ``[B, C]``, plans ``[B, C, k, N]``
         (None under mean aggregation) and selected patch indices ``[B, C, k]`` (for mechanism metrics)."""
-        return self.patch_scores(self._patch_input(patches), self.class_side(n_seen))
+        return self.branch_scores(patches, self.class_side(n_seen))
 
     @torch.no_grad()
     def alignment(self, patches: Tensor, labels: list[int], n_seen: int) -> list[dict]:
         """Per image: the patches its true class's descriptions select, the phrase each is transported to
         (its largest plan entry; the most similar token under ``ot.aggregation=mean``), and the patch score."""
         side = self.class_side(n_seen)
-        seen_by_branch = self._patch_input(patches)
-        score, plan, index = self.patch_scores(seen_by_branch, side)
+        seen_by_branch = self._patch_input(patches)  # only read under mean aggregation (no plan)
+        score, plan, index = self.branch_scores(patches, side)
         sem = self.semantic
         out = []
         for i, c in enumerate(labels):
@@ -257,13 +321,20 @@ class SPALearner(Learner):
         self._add_prototypes(ctx, train)
         self.task_starts = self.task_starts[:ctx.task] + [ctx.new_classes.start]
         cfg, tc = self.config, self.train_config
-        params = self.visual.trainable_parameters() + (self.text.trainable_parameters() if self.text else [])
+        if self.pool_seed is None:
+            self.pool_seed = ctx.seed + cfg.replay.calibration_seed_offset
+        params = [{"params": self.visual.trainable_parameters()
+                   + (self.text.trainable_parameters() if self.text else [])}]
+        if self.patch_projectors is not None:
+            params.append({"params": list(self.patch_projectors[-1].parameters()),
+                           "lr": tc.lr * cfg.projector.patch_lr_scale})
+        params = [group for group in params if group["params"]]
         old = [c for c in range(ctx.new_classes.start) if c in self.global_bank.means]
         replay = cfg.replay.enabled and bool(old)
         stats = {"loss": None, "replay_classes": len(old) if replay else 0}
         if tc.epochs > 0 and params:
             stats["loss"] = self._train(ctx, train, params, old if replay else [])
-        for module in (self.visual, self.text):
+        for module in (self.visual, self.text, self.patch_projectors):
             if module is not None:
                 module.requires_grad_(False)
         self._remember_classes(ctx, train)
@@ -274,6 +345,12 @@ class SPALearner(Learner):
         return stats
 
     def _train(self, ctx: TaskContext, train: FeatureBatch, params: list, old: list[int]) -> float:
+        """Cross-entropy over every seen class on the new images and on pseudo-features of the old classes.
+
+        What cannot move while this task trains is scored once: with the patch branch free of shared
+        projectors (scope=global), every class's patch score when frozen, the old classes' when each task has
+        its own patch projector (then only the new classes' scores are recomputed, with gradients, per step).
+        """
         cfg, tc = self.config, self.train_config
         opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
         cpu_gen = torch.Generator().manual_seed(ctx.seed)
@@ -281,49 +358,77 @@ class SPALearner(Learner):
         n = len(train)
         steps_per_epoch = max(1, -(-n // tc.batch_size))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps_per_epoch * tc.epochs)
-        # the frozen patch branch gives constants: score real images once, and a pool of pseudo images once
-        fixed = cfg.patch_branch and self._frozen_patch_branch
-        real_patch = pool_patch = None
+        new = range(ctx.new_classes.start, ctx.n_seen)
+        learned, fixed = self._learned_patches, cfg.patch_branch and self._frozen_patch_branch
+        patch_replay = cfg.patch_branch and cfg.replay.patch_mode != "none"
+        real_fixed = pool_fixed = None
         if fixed:
             side = self.class_side(ctx.n_seen)
-            real_patch = self._patch_score_table(train.patches, side)
-            if old and cfg.replay.patch_mode != "none":
-                pool_patch = self._pseudo_patch_scores(old, cfg.replay.samples_per_class, side, dev_gen)
+            constant = range(new.start) if learned else range(ctx.n_seen)
+            if len(constant):
+                real_fixed = self._patch_score_table(train.patches, side, constant)
+            if old and patch_replay and not learned:
+                pool_fixed = torch.cat([self._pool_patch_scores(c, ctx.n_seen, side)[:cfg.replay.samples_per_class]
+                                        for c in old])
+        per_class = min(cfg.replay.samples_per_class, cfg.replay.calibration_samples) if pool_fixed is not None \
+            else cfg.replay.samples_per_class
+        pseudo_labels = torch.tensor(old, dtype=torch.long).repeat_interleave(per_class)  # host copy: no sync
         last_loss = torch.zeros(())
         for _epoch in range(tc.epochs):
             order = torch.randperm(n, generator=cpu_gen).to(ctx.device)
             if old:
                 # global and patch Gaussians are independent, so fresh global draws paired with the pooled
                 # patch scores of the same class are distributed like fresh (global, patch) draws
-                pg, py = self.global_bank.sample(old, cfg.replay.samples_per_class, dev_gen, ctx.device)
-                pseudo_order = torch.randperm(len(py), generator=cpu_gen).to(ctx.device)
-                pseudo_per_step = -(-len(py) // steps_per_epoch)
+                pg, py = self.global_bank.sample(old, per_class, dev_gen, ctx.device)
+                pseudo_order = torch.randperm(len(py), generator=cpu_gen)
+                pseudo_per_step = min(cfg.replay.max_pseudo_per_step, -(-len(py) // steps_per_epoch))
             for step in range(steps_per_epoch):
                 idx = order[step * tc.batch_size:(step + 1) * tc.batch_size]
                 side = self.class_side(ctx.n_seen)
-                if fixed:
-                    logits = self._logits(train.global_[idx], side, real_patch[idx])
-                else:
-                    logits = self._scored(train.global_[idx], train.patches[idx], side)
-                loss = F.cross_entropy(logits, train.labels[idx])
+                patch = None
+                aux = None
+                if learned:
+                    fresh = self.branch_scores(train.patches[idx], side, new)[0]
+                    patch = fresh if real_fixed is None else torch.cat([real_fixed[idx], fresh], dim=1)
+                    if cfg.patch_loss_weight > 0:  # the alignment itself: the task's classes on patches alone
+                        aux = F.cross_entropy(cfg.logit_scale * fresh, train.labels[idx] - new.start)
+                elif fixed:
+                    patch = real_fixed[idx]
+                elif cfg.patch_branch:
+                    patch = self.branch_scores(train.patches[idx], side)[0]
+                loss = F.cross_entropy(self._logits(train.global_[idx], side, patch), train.labels[idx])
+                if aux is not None:
+                    loss = loss + cfg.patch_loss_weight * aux
                 if old:
                     j = pseudo_order[step * pseudo_per_step:(step + 1) * pseudo_per_step]
                     if len(j):
-                        if fixed:
-                            patch = pool_patch[j] if pool_patch is not None else None
-                            pseudo_logits = self._logits(pg[j], side, patch)
-                        else:
-                            # drawn per step for this step's labels: all pseudo patch sets of an epoch at
-                            # once would be [old classes x samples, P, D]
-                            patches = self._pseudo_patches(py[j].tolist(), 1, dev_gen)
-                            pseudo_logits = self._scored(pg[j], patches, side)
-                        loss = loss + cfg.replay.loss_weight * F.cross_entropy(pseudo_logits, py[j])
+                        loss = loss + cfg.replay.loss_weight * self._pseudo_loss(
+                            pg, py, j, pseudo_labels, pool_fixed, side, new, dev_gen, patch_replay)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 last_loss = loss.detach()
         return float(last_loss)
+
+    def _pseudo_loss(self, pg: Tensor, py: Tensor, j: Tensor, pseudo_labels: Tensor, pool_fixed: Tensor | None,
+                     side: dict[str, Tensor], new: range, generator: torch.Generator, patch_replay: bool) -> Tensor:
+        """Cross-entropy of the pseudo-features ``j`` of old classes (they also serve as negatives of the new
+        classes' patch projector)."""
+        j_dev = j.to(py.device)
+        patch = None
+        if patch_replay:
+            if pool_fixed is not None:
+                patch = pool_fixed[j_dev]
+            else:  # drawn per step for this step's labels: an epoch's pseudo patch sets at once would not fit
+                pseudo = self._pseudo_patches(pseudo_labels[j].tolist(), 1, generator)
+                if self._learned_patches:
+                    with torch.no_grad():
+                        old_part = self.branch_scores(pseudo, side, range(new.start))[0]
+                    patch = torch.cat([old_part, self.branch_scores(pseudo, side, new)[0]], dim=1)
+                else:
+                    patch = self.branch_scores(pseudo, side)[0]
+        return F.cross_entropy(self._logits(pg[j_dev], side, patch), py[j_dev])
 
     # ------------------------------------------------------------------ old-class calibration
     def _pseudo_patches(self, classes: list[int], per_class: int, generator: torch.Generator) -> Tensor | None:
@@ -340,19 +445,24 @@ class SPALearner(Learner):
         return torch.cat([own, rest], dim=1)
 
     @torch.no_grad()
-    def _pseudo_patch_scores(self, classes: list[int], per_class: int, side: dict[str, Tensor],
-                             generator: torch.Generator) -> Tensor:
-        """Patch scores ``[len(classes) * per_class, C]`` of pseudo images (class-major). Drawn one class at a
-        time (the random stream does not depend on ``chunk_size``) and scored a chunk at a time, so the
-        pseudo patch sets never all sit in memory."""
-        scores, pending, n_pending = [], [], 0
-        for i, c in enumerate(classes):
-            pending.append(self._pseudo_patches([c], per_class, generator))
-            n_pending += per_class
-            if n_pending >= self.chunk_size or i == len(classes) - 1:
-                scores.append(self._patch_score_table(torch.cat(pending), side))
-                pending, n_pending = [], 0
-        return torch.cat(scores)
+    def _pool_patch_scores(self, label: int, n_seen: int, side: dict[str, Tensor]) -> Tensor:
+        """Patch scores ``[pool, n_seen]`` of class ``label``'s pool of pseudo images.
+
+        The pool is regenerated from a per-class seed whenever it is needed (nothing large is stored). When
+        no shared projector acts on the patch branch, a score once computed cannot change: it is kept, and a
+        later task scores the pool against its new classes only."""
+        cached = self._pool_scores.get(label) if self._frozen_patch_branch else None
+        done = 0 if cached is None else cached.shape[1]
+        if done >= n_seen:
+            return cached[:, :n_seen]
+        size = max(self.config.replay.calibration_samples, self.config.replay.samples_per_class)
+        generator = torch.Generator(device=self.device).manual_seed(self.pool_seed * 100_003 + label)
+        pool = self._pseudo_patches([label], size, generator)
+        extra = self._patch_score_table(pool, side, range(done, n_seen))
+        scores = extra if cached is None else torch.cat([cached, extra], dim=1)
+        if self._frozen_patch_branch:
+            self._pool_scores[label] = scores
+        return scores
 
     @torch.no_grad()
     def _fit_task_bias(self, n_seen: int, seed: int) -> None:
@@ -364,7 +474,7 @@ class SPALearner(Learner):
         g, y = self.global_bank.sample(classes, per_class, generator, self.device)
         patch = None
         if self.config.patch_branch and self.config.replay.patch_mode != "none":
-            patch = self._pseudo_patch_scores(classes, per_class, side, generator)
+            patch = torch.cat([self._pool_patch_scores(c, n_seen, side)[:per_class] for c in classes])
         logits = torch.cat([self._logits(g[i:i + self.chunk_size], side,
                                          None if patch is None else patch[i:i + self.chunk_size])
                             for i in range(0, len(y), self.chunk_size)])
@@ -421,6 +531,10 @@ class SPALearner(Learner):
         state["n_patches"] = torch.tensor(self.n_patches, dtype=torch.long)
         if self.task_bias is not None:
             state["task_bias"] = self.task_bias.cpu()
+        if self.patch_projectors is not None:
+            state.update({f"patch.{k}": v.cpu() for k, v in self.patch_projectors.state_dict().items()})
+        if self.pool_seed is not None:
+            state["pool_seed"] = torch.tensor(self.pool_seed, dtype=torch.long)
         state.update(self.global_bank.state("bank.global"))
         state.update(self.patch_bank.state("bank.patch"))
         state.update(self.context_bank.state("bank.context"))
@@ -431,12 +545,24 @@ class SPALearner(Learner):
         n_adapters = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("visual.adapters."))
         while len(self.visual.adapters) < n_adapters:
             self._add_projectors(0)
+        if self.patch_projectors is not None:
+            n_patch = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("patch.")), default=-1)
+            dim = self.prompts.shape[1]
+            while len(self.patch_projectors) < n_patch:
+                self.patch_projectors.append(ResidualAdapter(dim, self.config.projector.hidden_dim,
+                                                             torch.Generator().manual_seed(0)).to(self.device))
+            del self.patch_projectors[n_patch:]
         self.visual.load_state_dict({k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")})
         if self.text is not None:
             self.text.load_state_dict({k[len("text."):]: v for k, v in state.items() if k.startswith("text.")})
-        for module in (self.visual, self.text):
+        if self.patch_projectors is not None:
+            self.patch_projectors.load_state_dict({k[len("patch."):]: v for k, v in state.items()
+                                                   if k.startswith("patch.")})
+        for module in (self.visual, self.text, self.patch_projectors):
             if module is not None:
                 module.requires_grad_(False).to(ctx.device)
+        self.pool_seed = int(state["pool_seed"]) if "pool_seed" in state else None
+        self._pool_scores = {}
         self.prototypes = {c: v.to(ctx.device) for c, v in enumerate(state["prototypes"])} if "prototypes" in state else {}
         self.task_starts = state["task_starts"].tolist() if "task_starts" in state else []
         self.n_patches = int(state["n_patches"]) if "n_patches" in state else 0
