@@ -32,10 +32,17 @@ class StageResult:
     n_samples: int
 
 
-def stage_from_row(row: dict) -> StageResult:
-    """Rebuild a :class:`StageResult` from a ``metrics.jsonl`` row (resuming a run)."""
-    return StageResult(row["stage"], row["accuracy"], row["per_task"], row["old_accuracy"], row["new_accuracy"],
-                       row["n_test"])
+def stage_row(result: StageResult, prefix: str = "", count_key: str = "n_test") -> dict:
+    """The ``metrics.jsonl`` fields of one stage; ``prefix`` tells splits apart (``val_`` for validation)."""
+    return {f"{prefix}accuracy": result.accuracy, f"{prefix}per_task": result.per_task,
+            f"{prefix}old_accuracy": result.old_accuracy, f"{prefix}new_accuracy": result.new_accuracy,
+            count_key: result.n_samples}
+
+
+def stage_from_row(row: dict, prefix: str = "", count_key: str = "n_test") -> StageResult:
+    """Rebuild a :class:`StageResult` from a ``metrics.jsonl`` row (resuming a run); inverse of :func:`stage_row`."""
+    return StageResult(row["stage"], row[f"{prefix}accuracy"], row[f"{prefix}per_task"], row[f"{prefix}old_accuracy"],
+                       row[f"{prefix}new_accuracy"], row[count_key])
 
 
 def _acc(correct: np.ndarray) -> float:
