@@ -166,3 +166,16 @@ def test_comparison_table_reports_the_sample_std():
     table = comparison_markdown([row])
     assert "2.00 ± 1.00" in table and "1.00 ± 1.73" in table  # ddof=1 (population std would be 0.82 / 1.41)
     assert "validation" not in table
+
+
+def test_cli_train_prints_validation_accuracy(image_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from spacil.cli import app
+
+    sets = [f"data.root={image_folder}", "data.init_cls=2", "data.increment=2", f"cache.root={tmp_path / 'cache'}",
+            "backbone.num_workers=0", "method.name=simplecil", f"run.output_dir={tmp_path / 'runs'}",
+            "run.plots=false", "data.validation_fraction=0.34"]
+    result = CliRunner().invoke(app, ["train", *[a for s in sets for a in ("--set", s)], "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "validation: average accuracy" in result.output and "(8 held-out training images)" in result.output
