@@ -26,6 +26,24 @@ def test_forgetting_uses_max_not_first():
     assert backward_transfer(R) == pytest.approx(((40 - 50) + (80 - 80)) / 2)
 
 
+def test_forgetting_max_includes_the_last_stage_as_pycil_does():
+    nan = np.nan
+    # task 0 is best at the last stage (60 > 55 > 40): PyCIL counts 0 for it, a max over earlier stages only
+    # would count 55 - 60 = -5; task 1: max(70, 65) - 65 = 5
+    R = np.array([[40.0, nan, nan], [55.0, 70.0, nan], [60.0, 65.0, 50.0]])
+    assert forgetting(R) == pytest.approx((0 + 5) / 2)
+    # the same number from PyCIL's own line on its transposed, zero-filled table (task x stage)
+    acctable = np.nan_to_num(R).T
+    task = R.shape[0] - 1
+    assert forgetting(R) == pytest.approx(np.mean((np.max(acctable, axis=1) - acctable[:, task])[:task]))
+
+
+def test_forgetting_is_never_negative_when_every_old_task_improves():
+    R = np.array([[10.0, np.nan], [30.0, 50.0]])
+    assert forgetting(R) == pytest.approx(0.0)  # not 10 - 30 = -20
+    assert backward_transfer(R) == pytest.approx(20.0)
+
+
 def test_single_stage_has_no_forgetting():
     assert forgetting(np.array([[88.0]])) is None
     assert backward_transfer(np.array([[88.0]])) is None
@@ -51,6 +69,8 @@ def test_incremental_metrics_builds_matrix():
     assert R[0, 0] == pytest.approx(200 / 3)
     assert math.isnan(R[0, 1])
     assert R[1].tolist() == pytest.approx([100.0, 50.0])
-    assert m.summary()["forgetting"] == pytest.approx(200 / 3 - 100)
+    # task 0 went from 66.7 to 100: its best is the last stage, so it forgot nothing
+    assert m.summary()["forgetting"] == pytest.approx(0.0)
+    assert m.summary()["bwt"] == pytest.approx(100 - 200 / 3)
     with pytest.raises(ValueError):
         m.add(evaluate_stage(5, np.array([0]), np.array([0]), np.array([0])))

@@ -73,6 +73,9 @@ def train(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = SetO
     s = result.summary
     typer.echo(f"average accuracy {s['average_accuracy']:.2f}  last accuracy {s['last_accuracy']:.2f}  "
                f"stages {['%.1f' % a for a in s['stage_accuracies']]}")
+    if s.get("val_average_accuracy") is not None:
+        typer.echo(f"validation: average accuracy {s['val_average_accuracy']:.2f}  "
+                   f"last accuracy {s['val_last_accuracy']:.2f}  ({s['n_validation_images']} held-out training images)")
     typer.echo(f"run folder: {result.folder}")
 
 

@@ -54,6 +54,13 @@ class DataConfig(StrictModel):
         "protocol's Resize((S, S), bicubic) of the whole image + CenterCrop(S) + CLIP mean/std (S = the model's "
         "image size; the protocol presets use it); 'crop' = open_clip's preprocess (shorter side to S, centre "
         "crop). Part of the feature-cache key.")
+    validation_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of each class's training images held out as a validation split "
+        "(round(fraction * n), at least 1 per class when > 0): methods train on the rest, and every stage is also "
+        "scored on these images, so settings can be chosen without the test split. 0 = no validation split.")
+    validation_seed: int = Field(
+        0, description="Which training images are held out (ranked per class by a hash of this seed and the "
+        "image's id; independent of train.seed so every training seed sees the same split).")
 
 
 class CacheConfig(StrictModel):

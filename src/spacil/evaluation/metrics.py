@@ -5,7 +5,10 @@ Definitions (T stages, labels in order of appearance, task j owns a contiguous l
 - stage accuracy ``acc[t]``: top-1 (%) on *all* test samples of classes seen after stage t. It is
   sample-weighted, so with ``init_cls != increment`` it is not the mean of row t of R.
 - average accuracy ``A-bar = mean_t acc[t]``; last accuracy ``A_B = acc[T-1]``.
-- forgetting (Chaudhry et al.): mean over j < T-1 of ``max_{t < T-1} R[t, j] - R[T-1, j]``.
+- forgetting, as PyCIL computes it (``trainer.py``: ``np.mean((np.max(acctable, axis=1) -
+  acctable[:, task])[:task])``): mean over j < T-1 of ``max_{t <= T-1} R[t, j] - R[T-1, j]``. The max
+  runs over *every* stage, the last included, so a task whose best accuracy is the last one counts 0
+  (never negative); Chaudhry et al.'s variant, which stops the max before the last stage, can go below 0.
 - BWT (Lopez-Paz & Ranzato): mean over j < T-1 of ``R[T-1, j] - R[j, j]``.
 - old / new accuracy at stage t: top-1 on samples of tasks < t and of task t.
 """
@@ -29,10 +32,17 @@ class StageResult:
     n_samples: int
 
 
-def stage_from_row(row: dict) -> StageResult:
-    """Rebuild a :class:`StageResult` from a ``metrics.jsonl`` row (resuming a run)."""
-    return StageResult(row["stage"], row["accuracy"], row["per_task"], row["old_accuracy"], row["new_accuracy"],
-                       row["n_test"])
+def stage_row(result: StageResult, prefix: str = "", count_key: str = "n_test") -> dict:
+    """The ``metrics.jsonl`` fields of one stage; ``prefix`` tells splits apart (``val_`` for validation)."""
+    return {f"{prefix}accuracy": result.accuracy, f"{prefix}per_task": result.per_task,
+            f"{prefix}old_accuracy": result.old_accuracy, f"{prefix}new_accuracy": result.new_accuracy,
+            count_key: result.n_samples}
+
+
+def stage_from_row(row: dict, prefix: str = "", count_key: str = "n_test") -> StageResult:
+    """Rebuild a :class:`StageResult` from a ``metrics.jsonl`` row (resuming a run); inverse of :func:`stage_row`."""
+    return StageResult(row["stage"], row[f"{prefix}accuracy"], row[f"{prefix}per_task"], row[f"{prefix}old_accuracy"],
+                       row[f"{prefix}new_accuracy"], row[count_key])
 
 
 def _acc(correct: np.ndarray) -> float:
@@ -85,12 +95,16 @@ class IncrementalMetrics:
 
 
 def forgetting(matrix: np.ndarray) -> float | None:
-    """Average forgetting of the tasks before the last recorded stage (None with one stage)."""
+    """Average forgetting of the tasks before the last recorded stage (None with one stage).
+
+    PyCIL's definition, so our numbers compare with the LAMDA line's: the best accuracy of task j over
+    all stages (the last included) minus its last accuracy, averaged over j < T-1.
+    """
     t = matrix.shape[0]
     if t < 2:
         return None
     last = matrix[t - 1]
-    drops = [np.nanmax(matrix[: t - 1, j]) - last[j] for j in range(t - 1)]
+    drops = [np.nanmax(matrix[:, j]) - last[j] for j in range(t - 1)]
     return float(np.mean(drops))
 
 

@@ -6,8 +6,10 @@
         config.yaml            resolved config (everything that ran)
         environment.json       versions, git SHA, device
         metrics.jsonl          one JSON row per finished stage, appended and fsynced as it happens
+                               (with a validation split also val_accuracy, val_per_task, ..., n_val)
         accuracy_matrix.csv    R[t, j] (rewritten atomically after each stage)
-        summary.json           average / last accuracy, forgetting, BWT (at the end)
+        validation_accuracy_matrix.csv   R[t, j] on the validation split (when data.validation_fraction > 0)
+        summary.json           average / last accuracy, forgetting, BWT (at the end); val_* on validation
         checkpoints/task_XX.safetensors   trainable state after each task
         features.json          the feature-cache keys of the train and test features the run used
         plots/*.png            accuracy per stage, accuracy-matrix heatmap
@@ -30,11 +32,14 @@ from safetensors.torch import load_file, save_file
 
 from ..config import Config, config_to_yaml
 from ..errors import MissingExtraError, MissingFileError, RunFolderError
-from ..evaluation.metrics import IncrementalMetrics, StageResult
+from ..evaluation.metrics import IncrementalMetrics, StageResult, stage_row
 from ..io import atomic_path, write_json_atomic, write_text_atomic
 from .environment import collect_environment
 
 logger = logging.getLogger(__name__)
+
+#: How validation-split fields are named in ``metrics.jsonl`` rows and in ``summary.json``.
+VALIDATION_PREFIX, VALIDATION_COUNT = "val_", "n_val"
 
 #: Settings that cannot change a run's results, left out of its key so that moving a run to another
 #: machine (other data path, cores, memory) or asking for other side outputs resumes it instead of
@@ -43,10 +48,15 @@ logger = logging.getLogger(__name__)
 RESULT_NEUTRAL_FIELDS = ("data.root", "data.download", "backbone.num_workers", "train.eval_batch_size",
                          "cache.root", "cache.enabled", "cache.verify", "run")
 
+#: The validation split's settings, left out of the key while ``data.validation_fraction`` is 0 (then they
+#: change nothing), so runs without a validation split keep the keys they had before the split existed.
+VALIDATION_FIELDS = ("validation_fraction", "validation_seed")
+
 
 def config_digest(config: Config) -> str:
-    """sha256 of the resolved config over what determines the results: without :data:`RESULT_NEUTRAL_FIELDS`
-    and without the sections of methods other than the chosen one."""
+    """sha256 of the resolved config over what determines the results: without :data:`RESULT_NEUTRAL_FIELDS`,
+    without the sections of methods other than the chosen one, and without :data:`VALIDATION_FIELDS` when
+    there is no validation split."""
     data = config.model_dump(mode="json")
     for dotted in RESULT_NEUTRAL_FIELDS:
         *parents, last = dotted.split(".")
@@ -54,6 +64,9 @@ def config_digest(config: Config) -> str:
         for part in parents:
             node = node[part]
         node.pop(last)
+    if not data["data"]["validation_fraction"]:
+        for unused in VALIDATION_FIELDS:  # no validation split: its seed changes nothing, and old keys stay
+            data["data"].pop(unused)
     data["method"] = {"name": config.method.name, config.method.name: data["method"][config.method.name]}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -173,27 +186,29 @@ class RunFolder:
         return self.path / "checkpoints" / f"task_{task:02d}.safetensors"
 
     # ------------------------------------------------------------------ per stage
-    def log_stage(self, result: StageResult, extra: dict | None = None) -> None:
-        row = {"stage": result.stage, "accuracy": result.accuracy, "per_task": result.per_task,
-               "old_accuracy": result.old_accuracy, "new_accuracy": result.new_accuracy,
-               "n_test": result.n_samples, **(extra or {})}
+    def log_stage(self, result: StageResult, extra: dict | None = None, validation: StageResult | None = None) -> None:
+        """Append one stage's row: test accuracies, then (``val_*``, ``n_val``) those on the validation split."""
+        row = {"stage": result.stage, **stage_row(result)}
+        if validation is not None:
+            row.update(stage_row(validation, VALIDATION_PREFIX, VALIDATION_COUNT))
+        row.update(extra or {})
         with open(self.path / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         if self._writer() is not None:
-            for key in ("accuracy", "old_accuracy", "new_accuracy"):
-                if row[key] is not None:
+            for key in ("accuracy", "old_accuracy", "new_accuracy", "val_accuracy"):
+                if row.get(key) is not None:
                     self._tb.add_scalar(f"stage/{key}", row[key], result.stage)
             self._tb.flush()
 
-    def write_accuracy_matrix(self, matrix: np.ndarray) -> None:
+    def write_accuracy_matrix(self, matrix: np.ndarray, name: str = "accuracy_matrix.csv") -> None:
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(["after_task"] + [f"task_{j}" for j in range(matrix.shape[1])])
         for t, row in enumerate(matrix):
             writer.writerow([t] + ["" if np.isnan(v) else f"{v:.4f}" for v in row])
-        write_text_atomic(self.path / "accuracy_matrix.csv", buf.getvalue())
+        write_text_atomic(self.path / name, buf.getvalue())
 
     def save_checkpoint(self, task: int, state: dict[str, torch.Tensor]) -> Path:
         path = self.checkpoint_path(task)

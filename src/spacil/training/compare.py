@@ -3,7 +3,9 @@
 Each variant is a named list of ``--set`` overrides registered with its method
 (:mod:`spacil.methods.registry`) and applied to one base config, so every row of the table
 comes from the same harness, the same features and the same scenario. With several seeds, each variant
-runs once per seed and the table reports mean +- std.
+runs once per seed and the table reports mean +- sample std. With a validation split
+(``data.validation_fraction > 0``) every row also carries its validation accuracies (``val_*``), the
+numbers a tuning script should choose settings on.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import csv
 import io
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -23,6 +25,7 @@ from ..io import write_json_atomic, write_text_atomic
 from ..methods import all_variants
 from ..runs.plots import plot_stage_curves
 from ..errors import UsageError
+from ..evaluation.statistics import mean_std
 from ..runs.run_folder import run_key
 from .harness import PreparedData, prepare_data, run_experiment
 
@@ -38,12 +41,19 @@ class ComparisonRow:
     stage_accuracies: list[list[float]]
     seconds: float
     folders: list[str]
+    # on the validation split, one per seed (empty without a validation split)
+    val_average: list[float | None] = field(default_factory=list)
+    val_last: list[float | None] = field(default_factory=list)
+    val_forgetting: list[float | None] = field(default_factory=list)
 
     def stat(self, values: Sequence[float | None]) -> tuple[float, float]:
-        arr = np.array([v for v in values if v is not None], dtype=float)
-        if arr.size == 0:
-            return float("nan"), float("nan")
-        return float(arr.mean()), float(arr.std(ddof=0))
+        """Mean and sample std (ddof=1) of the values given; NaN std with fewer than two."""
+        spread = mean_std(values)
+        return spread.mean, (float("nan") if spread.std is None else spread.std)
+
+    @property
+    def has_validation(self) -> bool:
+        return any(v is not None for v in self.val_average)
 
 
 def variant_config(base: dict, variant: str, seed: int, output_dir: Path,
@@ -94,7 +104,10 @@ def run_comparison(base: Config, variants: Sequence[str], seeds: Sequence[int], 
             folders.append(str(run.folder))
         rows.append(ComparisonRow(variant, list(seeds), [r["average_accuracy"] for r in results],
                                   [r["last_accuracy"] for r in results], [r["forgetting"] for r in results],
-                                  [r["stage_accuracies"] for r in results], time.perf_counter() - start, folders))
+                                  [r["stage_accuracies"] for r in results], time.perf_counter() - start, folders,
+                                  val_average=[r.get("val_average_accuracy") for r in results],
+                                  val_last=[r.get("val_last_accuracy") for r in results],
+                                  val_forgetting=[r.get("val_forgetting") for r in results]))
         logger.info("%s: average %.2f last %.2f", variant, *[rows[-1].stat(rows[-1].average)[0],
                                                                 rows[-1].stat(rows[-1].last)[0]])
     write_comparison(rows, output_dir)
@@ -108,13 +121,26 @@ def _fmt(mean: float, std: float, n: int) -> str:
 
 
 def comparison_markdown(rows: Sequence[ComparisonRow]) -> str:
+    """The table (test accuracies; with a validation split also validation Ā and A_B, last columns)."""
     n = len(rows[0].seeds) if rows else 0
-    lines = ["| method | average acc. (Ā) | last acc. (A_B) | forgetting | seconds | seeds |",
-             "|---|---|---|---|---|---|"]
+    validation = any(r.has_validation for r in rows)
+    head = "| method | average acc. (Ā) | last acc. (A_B) | forgetting | seconds | seeds |"
+    rule = "|---|---|---|---|---|---|"
+    if validation:
+        head, rule = head + " validation Ā | validation A_B |", rule + "---|---|"
+    lines = [head, rule]
     for r in rows:
-        lines.append(f"| {r.variant} | {_fmt(*r.stat(r.average), n)} | {_fmt(*r.stat(r.last), n)} | "
-                     f"{_fmt(*r.stat(r.forgetting), n)} | {r.seconds:.1f} | {','.join(map(str, r.seeds))} |")
+        line = (f"| {r.variant} | {_fmt(*r.stat(r.average), n)} | {_fmt(*r.stat(r.last), n)} | "
+                f"{_fmt(*r.stat(r.forgetting), n)} | {r.seconds:.1f} | {','.join(map(str, r.seeds))} |")
+        if validation:
+            line += f" {_fmt(*r.stat(r.val_average), n)} | {_fmt(*r.stat(r.val_last), n)} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _csv_cells(row: ComparisonRow, values: Sequence[float | None]) -> list[str]:
+    """Mean and sample std as CSV cells; an undefined std (one seed) is left empty."""
+    return ["" if np.isnan(v) else f"{v:.4f}" for v in row.stat(values)]
 
 
 def write_comparison(rows: Sequence[ComparisonRow], output_dir: Path) -> None:
@@ -122,12 +148,16 @@ def write_comparison(rows: Sequence[ComparisonRow], output_dir: Path) -> None:
     write_text_atomic(output_dir / "comparison.md", comparison_markdown(rows))
     buf = io.StringIO()
     writer = csv.writer(buf)
+    validation = any(r.has_validation for r in rows)
     writer.writerow(["method", "seeds", "average_mean", "average_std", "last_mean", "last_std",
-                     "forgetting_mean", "forgetting_std", "seconds"])
+                     "forgetting_mean", "forgetting_std", "seconds"]
+                    + (["val_average_mean", "val_average_std", "val_last_mean", "val_last_std",
+                        "val_forgetting_mean", "val_forgetting_std"] if validation else []))
     for r in rows:
-        writer.writerow([r.variant, " ".join(map(str, r.seeds)), *[f"{v:.4f}" for v in r.stat(r.average)],
-                         *[f"{v:.4f}" for v in r.stat(r.last)], *[f"{v:.4f}" for v in r.stat(r.forgetting)],
-                         f"{r.seconds:.2f}"])
+        writer.writerow([r.variant, " ".join(map(str, r.seeds)), *_csv_cells(r, r.average), *_csv_cells(r, r.last),
+                         *_csv_cells(r, r.forgetting), f"{r.seconds:.2f}"]
+                        + ([*_csv_cells(r, r.val_average), *_csv_cells(r, r.val_last),
+                            *_csv_cells(r, r.val_forgetting)] if validation else []))
     write_text_atomic(output_dir / "comparison.csv", buf.getvalue())
     write_json_atomic(output_dir / "comparison.json", [r.__dict__ for r in rows])
     curves = {r.variant: np.mean(np.array(r.stage_accuracies), axis=0).tolist() for r in rows}

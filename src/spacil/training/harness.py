@@ -4,6 +4,10 @@ Order of work in a run: load the backbone, get frozen features of both splits (f
 possible, so the encoder runs at most once per image), build the scenario and the class texts, then for
 each task: learn it, evaluate on every class seen so far, append the stage to the run folder and save the
 trainable state.
+
+With ``data.validation_fraction > 0`` a validation split is carved out of the cached training features
+(:mod:`spacil.data.validation`): methods never train on it, and every stage is scored on it as on the test
+split, so settings can be chosen on validation accuracy. The features are still extracted once.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from ..backbone import FrozenCLIP, load_backbone, pick_device
 from ..config import Config
 from ..data.catalog import load_split
 from ..data.scenario import Scenario, build_scenario, resolve_class_order
+from ..data.validation import validation_mask
 from ..errors import UsageError
 from ..evaluation.metrics import IncrementalMetrics, StageResult, evaluate_stage, stage_from_row
 from ..features import FeatureCache, FeatureSet, get_features
 from ..methods import FeatureBatch, Learner, TaskContext, get_method, make_learner
 from ..runs import RunFolder
+from ..runs.run_folder import VALIDATION_COUNT, VALIDATION_PREFIX
 from ..text import ClassTexts, build_class_texts
 
 logger = logging.getLogger(__name__)
@@ -126,11 +132,23 @@ def task_context(config: Config, data: PreparedData, task: int, device: torch.de
                        texts=data.texts, device=device, seed=task_seed(config.train.seed, task))
 
 
+def evaluate_rows(learner: Learner, data: PreparedData, ctx: TaskContext, batch_size: int, features: FeatureSet,
+                  rows: np.ndarray, new_labels: np.ndarray) -> StageResult:
+    """Accuracy after task ``ctx.task`` on those of ``rows`` whose class has been seen so far."""
+    rows = rows[new_labels[rows] < ctx.n_seen]
+    preds, targets = predict(learner, features, rows, new_labels, ctx.n_seen, ctx.device, batch_size)
+    return evaluate_stage(ctx.task, preds, targets, data.scenario.task_of_label(np.arange(data.scenario.n_classes)))
+
+
 def evaluate_task(learner: Learner, data: PreparedData, ctx: TaskContext, batch_size: int) -> StageResult:
     """Accuracy after task ``ctx.task`` on the test images of every class seen so far."""
-    test_rows = np.flatnonzero(data.test_labels < ctx.n_seen)
-    preds, targets = predict(learner, data.test, test_rows, data.test_labels, ctx.n_seen, ctx.device, batch_size)
-    return evaluate_stage(ctx.task, preds, targets, data.scenario.task_of_label(np.arange(data.scenario.n_classes)))
+    return evaluate_rows(learner, data, ctx, batch_size, data.test, np.arange(len(data.test)), data.test_labels)
+
+
+def validation_split(config: Config, data: PreparedData) -> np.ndarray:
+    """Mask over the training rows: True for those held out as validation (all False without a split)."""
+    return validation_mask(data.train.labels, data.train.sample_ids, config.data.validation_fraction,
+                           config.data.validation_seed, data.train.class_names)
 
 
 def restore_learner(config: Config, data: PreparedData, folder: Path, task: int, device: torch.device) -> Learner:
@@ -158,8 +176,11 @@ def run_experiment(config: Config, data: PreparedData | None = None, progress: b
                              _metrics_from_rows(folder.finished_rows(), None))
         learner = make_learner(config)
         scenario = data.scenario
+        held_out = validation_split(config, data)
+        val_rows = np.flatnonzero(held_out)
         done = folder.completed_stages()
         metrics = _metrics_from_rows(done, scenario.n_tasks)
+        val_metrics = _metrics_from_rows(done, scenario.n_tasks, VALIDATION_PREFIX) if val_rows.size else None
         if done:
             last = len(done) - 1
             learner.load_trainable_state(folder.load_checkpoint(last), task_context(config, data, last, device))
@@ -170,29 +191,40 @@ def run_experiment(config: Config, data: PreparedData | None = None, progress: b
                       disable=not progress, initial=len(done), total=scenario.n_tasks)
         for task in stages:
             ctx = task_context(config, data, task, device)
-            train_rows = np.flatnonzero(np.isin(data.train_labels, list(ctx.new_classes)))
+            train_rows = np.flatnonzero(np.isin(data.train_labels, list(ctx.new_classes)) & ~held_out)
             start = time.perf_counter()
             stats = learner.learn_task(ctx, load_rows(data.train, train_rows, data.train_labels, device))
             train_seconds = time.perf_counter() - start
             result = evaluate_task(learner, data, ctx, config.train.eval_batch_size)
             metrics.add(result)
+            validation = None
+            if val_metrics is not None:
+                validation = evaluate_rows(learner, data, ctx, config.train.eval_batch_size, data.train, val_rows,
+                                           data.train_labels)
+                val_metrics.add(validation)
             # checkpoint first: a stage counts as finished only when both its state and its row exist
             if config.run.save_checkpoints:
                 folder.save_checkpoint(task, learner.trainable_state())
-            folder.log_stage(result, {"n_seen": ctx.n_seen, "train_seconds": round(train_seconds, 3), **stats})
+            folder.log_stage(result, {"n_seen": ctx.n_seen, "n_train": int(train_rows.size),
+                                      "train_seconds": round(train_seconds, 3), **stats}, validation=validation)
             folder.write_accuracy_matrix(metrics.accuracy_matrix)
+            if val_metrics is not None:
+                folder.write_accuracy_matrix(val_metrics.accuracy_matrix, "validation_accuracy_matrix.csv")
             stages.set_postfix(acc=f"{result.accuracy:.1f}")
-        summary = folder.finish(metrics, {"method": learner.name, "dataset": config.data.dataset,
-                                          "backbone": config.backbone.name,
-                                          "task_sizes": list(scenario.task_sizes),
-                                          "descriptions": data.descriptions}, plots=config.run.plots)
+        extra = {"method": learner.name, "dataset": config.data.dataset, "backbone": config.backbone.name,
+                 "task_sizes": list(scenario.task_sizes), "descriptions": data.descriptions}
+        if val_metrics is not None:
+            extra.update({f"{VALIDATION_PREFIX}{k}": v for k, v in val_metrics.summary().items()})
+            extra["n_validation_images"] = int(val_rows.size)
+        summary = folder.finish(metrics, extra, plots=config.run.plots)
     return RunResult(folder.path, summary, metrics)
 
 
-def _metrics_from_rows(rows: list[dict], n_tasks: int | None) -> IncrementalMetrics:
+def _metrics_from_rows(rows: list[dict], n_tasks: int | None, prefix: str = "") -> IncrementalMetrics:
+    """Test metrics (or, with ``prefix``, validation metrics) of the stages recorded in ``rows``."""
     metrics = IncrementalMetrics(n_tasks if n_tasks is not None else len(rows))
     for row in rows:
-        metrics.add(stage_from_row(row))
+        metrics.add(stage_from_row(row, prefix, VALIDATION_COUNT if prefix else "n_test"))
     return metrics
 
 
