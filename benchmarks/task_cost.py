@@ -31,7 +31,7 @@ def synthetic_task(classes: range, n_images: int, dim: int, n_patches: int, seed
     return FeatureBatch(global_, patches, labels)
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, max_tasks: int | None = None) -> dict:
     from spacil.config import load_config
     from spacil.methods.base import TaskContext
     from spacil.methods.spa.learner import SPALearner
@@ -44,14 +44,15 @@ def run(quick: bool = False) -> dict:
     texts = _synthetic_texts(n_tasks * per_task, dim)
     learner = SPALearner(config.method.spa, config.train, chunk_size=config.train.eval_batch_size)
     seconds = []
-    for task in range(n_tasks):
+    for task in range(max_tasks or n_tasks):
         classes = range(task * per_task, (task + 1) * per_task)
         batch = synthetic_task(classes, n_images, dim, n_patches, seed=task)
         ctx = TaskContext(task, classes, classes.stop, texts, torch.device("cpu"), 1993 + task)
         start = time.perf_counter()
         learner.learn_task(ctx, batch)
         seconds.append(time.perf_counter() - start)
-    last = n_tasks - 1
+        print(f"task {task}: {seconds[-1]:.1f} s", flush=True)
+    last = len(seconds) - 1
     return {"shape": {"tasks": n_tasks, "classes_per_task": per_task, "images_per_task": n_images, "dim": dim,
                       "patches": n_patches, "epochs": 1},
             "task_seconds": [round(s, 2) for s in seconds],

@@ -28,8 +28,10 @@ from spacil.partsworld.demo import DemoSettings, run_demo
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- partsworld-results:start -->", "<!-- partsworld-results:end -->"
 LABELS = {"simplecil": "SimpleCIL", "clsonly": "CLS-only (SPA without patch branch)", "spa": "**SPA**",
-          "ranpac": "RanPAC", "zeroshot": "zero-shot CLIP"}
-CORE_VARIANTS = ("zeroshot", "simplecil", "clsonly", "spa", "ranpac")
+          "ranpac": "RanPAC", "zeroshot": "zero-shot CLIP",
+          "clsonly_desc": "descriptions without patches (`clsonly_desc`)", "proof": "PROOF (exemplars)",
+          "rapf": "RAPF", "engine": "ENGINE", "clg_cbm": "CLG-CBM"}
+CORE_VARIANTS = ("zeroshot", "simplecil", "clsonly", "clsonly_desc", "spa", "ranpac")
 REFERENCE = "spa"
 METRIC_NAMES = {"average": "Ā", "last": "A_B", "forgetting": "forgetting"}
 
@@ -157,7 +159,8 @@ def run_worlds(worlds: list[int], seeds: list[int], variants: list[str], output:
     mechanism: dict[str, list[dict]] = {}
     for world in worlds:
         out = output / f"world-{world}"
-        _, rows = run_demo(DemoSettings(output=out, variants=variants, seeds=seeds, data_seed=world), progress=False)
+        _, rows = run_demo(DemoSettings(output=out, variants=variants, seeds=seeds, data_seed=world, ablations=False),
+                           progress=False)
         records += records_from_rows(world, rows)
         if (out / "mechanism.json").is_file():
             for variant, m in json.loads((out / "mechanism.json").read_text()).items():

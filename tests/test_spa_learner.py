@@ -157,3 +157,49 @@ def test_state_round_trip_gives_identical_logits():
     restored = SPALearner(_spa(), TrainConfig(epochs=2, lr=0.01))
     restored.load_trainable_state(learner.trainable_state(), _ctx(1, range(2, 4), 4, texts))
     torch.testing.assert_close(restored.logits(batch, 4), learner.logits(batch, 4))
+
+
+def _three_tasks(cfg_overrides=None, epochs=2):
+    body, parts, texts = _world(6)
+    labels = np.repeat(np.arange(6), 10)
+    learner = SPALearner(_spa(**(cfg_overrides or {})), TrainConfig(epochs=epochs, lr=0.02))
+    for task in range(3):
+        rows = labels[labels // 2 == task]
+        learner.learn_task(_ctx(task, range(2 * task, 2 * task + 2), 2 * task + 2, texts),
+                           _images(body, parts, rows, task + 1))
+    return learner, _images(body, parts, labels, 9)
+
+
+def test_task_centred_patch_scores_have_zero_mean_within_each_task():
+    learner, images = _three_tasks()
+    patch = learner.patch_evidence(images.patches, 6)[0]
+    centred = learner._centred(patch)
+    by_hand = patch.clone()
+    for start in (0, 2, 4):
+        by_hand[:, start:start + 2] -= patch[:, start:start + 2].mean(1, keepdim=True)
+    torch.testing.assert_close(centred, by_hand)
+    assert centred.reshape(len(patch), 3, 2).sum(-1).abs().max() < 1e-5
+
+
+def test_calibration_pool_scores_kept_from_earlier_tasks_equal_a_fresh_scoring():
+    """Each class's pseudo pool is scored against a new task's classes only; what was kept from earlier tasks
+    equals scoring the regenerated pool against every class now (old classes' patch scores cannot move)."""
+    learner, _ = _three_tasks()
+    side = learner.class_side(6)
+    kept = {c: learner._pool_patch_scores(c, 6, side).clone() for c in range(6)}
+    assert all(v.shape[1] == 6 for v in kept.values())
+    learner._pool_scores = {}
+    for c in range(6):
+        torch.testing.assert_close(learner._pool_patch_scores(c, 6, side), kept[c])
+
+
+def test_patch_alignment_loss_teaches_the_patch_branch():
+    """The per-task patch projector with the alignment loss scores the right class on patches alone more often
+    than the frozen branch does."""
+    def patch_accuracy(overrides):
+        learner, images = _three_tasks(overrides, epochs=15)
+        return float((learner.patch_evidence(images.patches, 6)[0].argmax(-1) == images.labels).float().mean())
+
+    frozen = patch_accuracy({"projector": {"patch": "frozen"}})
+    learned = patch_accuracy({"projector": {"patch_lr_scale": 10.0}})
+    assert learned > frozen, (frozen, learned)

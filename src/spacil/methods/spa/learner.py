@@ -46,20 +46,21 @@ logger = logging.getLogger(__name__)
 
 @register_method(
     "spa", config=SPAConfig,
+    # default rows: the controls, SPA, and one ablation per component of the default path
     variants={"clsonly": ["patch_branch=false"], "clsonly_desc": ["patch_branch=false", "global_descriptions=true"],
-              "spa": [], "spa_no_ot": ["ot.aggregation=mean"],
-              "spa_no_replay": ["replay.enabled=false"], "spa_shared_projector": ["projector.per_task=false"],
-              "spa_random_selection": ["selection.rule=random"],
-              "spa_no_context_selection": ["selection.context_weight=0"],
-              "spa_no_calibration": ["replay.calibration=none"],
-              "spa_adapted_patches": ["projector.scope=all"],
-              "spa_frozen_patches": ["projector.patch=frozen"],
-              "spa_uncentred_patches": ["patch_centering=none"],
-              "spa_no_patch_loss": ["patch_loss_weight=0"],
-              "spa_token_replay": ["replay.patch_mode=selected_tokens"]},
-    extra_variants={"spa_no_patch_replay": ["replay.patch_mode=none"],
+              "spa": [], "spa_frozen_patches": ["projector.patch=frozen"],
+              "spa_no_patch_loss": ["patch_loss_weight=0"], "spa_uncentred_patches": ["patch_centering=none"],
+              "spa_no_ot": ["ot.aggregation=mean"], "spa_random_selection": ["selection.rule=random"],
+              "spa_no_replay": ["replay.enabled=false"], "spa_no_calibration": ["replay.calibration=none"]},
+    # named on demand (`--variants`): choices measured before, kept reachable
+    extra_variants={"spa_shared_projector": ["projector.per_task=false"],
+                    "spa_no_context_selection": ["selection.context_weight=0"],
+                    "spa_adapted_patches": ["projector.scope=all"],
+                    "spa_token_replay": ["replay.patch_mode=selected_tokens"],
+                    "spa_no_patch_replay": ["replay.patch_mode=none"],
                     "spa_plain": ["selection.context_weight=0", "replay.calibration=none", "projector.scope=all",
-                                  "replay.patch_mode=selected_tokens"]},
+                                  "replay.patch_mode=selected_tokens", "projector.patch=frozen",
+                                  "patch_centering=none"]},
 )
 class SPALearner(Learner):
     """SPA: global [CLS]-text alignment fused with description-guided patch-level OT."""
@@ -368,10 +369,9 @@ class SPALearner(Learner):
             if len(constant):
                 real_fixed = self._patch_score_table(train.patches, side, constant)
             if old and patch_replay and not learned:
-                pool_fixed = torch.cat([self._pool_patch_scores(c, ctx.n_seen, side)[:cfg.replay.samples_per_class]
+                pool_fixed = torch.cat([self._pool_rows(c, cfg.replay.samples_per_class, ctx.n_seen, side)
                                         for c in old])
-        per_class = min(cfg.replay.samples_per_class, cfg.replay.calibration_samples) if pool_fixed is not None \
-            else cfg.replay.samples_per_class
+        per_class = cfg.replay.samples_per_class
         pseudo_labels = torch.tensor(old, dtype=torch.long).repeat_interleave(per_class)  # host copy: no sync
         last_loss = torch.zeros(())
         for _epoch in range(tc.epochs):
@@ -455,7 +455,7 @@ class SPALearner(Learner):
         done = 0 if cached is None else cached.shape[1]
         if done >= n_seen:
             return cached[:, :n_seen]
-        size = max(self.config.replay.calibration_samples, self.config.replay.samples_per_class)
+        size = self.config.replay.pool_size
         generator = torch.Generator(device=self.device).manual_seed(self.pool_seed * 100_003 + label)
         pool = self._pseudo_patches([label], size, generator)
         extra = self._patch_score_table(pool, side, range(done, n_seen))
@@ -463,6 +463,11 @@ class SPALearner(Learner):
         if self._frozen_patch_branch:
             self._pool_scores[label] = scores
         return scores
+
+    def _pool_rows(self, label: int, n: int, n_seen: int, side: dict[str, Tensor]) -> Tensor:
+        """``n`` rows of class ``label``'s pool scores, taken cyclically (pairs with ``n`` fresh global draws)."""
+        scores = self._pool_patch_scores(label, n_seen, side)
+        return scores[torch.arange(n, device=scores.device) % scores.shape[0]]
 
     @torch.no_grad()
     def _fit_task_bias(self, n_seen: int, seed: int) -> None:
@@ -474,7 +479,7 @@ class SPALearner(Learner):
         g, y = self.global_bank.sample(classes, per_class, generator, self.device)
         patch = None
         if self.config.patch_branch and self.config.replay.patch_mode != "none":
-            patch = torch.cat([self._pool_patch_scores(c, n_seen, side)[:per_class] for c in classes])
+            patch = torch.cat([self._pool_rows(c, per_class, n_seen, side) for c in classes])
         logits = torch.cat([self._logits(g[i:i + self.chunk_size], side,
                                          None if patch is None else patch[i:i + self.chunk_size])
                             for i in range(0, len(y), self.chunk_size)])
