@@ -129,11 +129,13 @@ def best_other(rows: list[ComparisonRow], metric: str, exclude: str = "spa") -> 
     return max(others, key=lambda vm: vm[1]) if others else ("-", float("nan"))
 
 
-def description_ablations(settings: DemoSettings, rows: list[ComparisonRow], progress: bool = True) -> dict:
+def description_ablations(settings: DemoSettings, rows: list[ComparisonRow], progress: bool = True) -> dict | None:
     """SPA on randomly chosen guidance images, and SPA's margin over the best other row per describer error
     rate (rows that read descriptions rerun; the others are the main table's)."""
     reading = [v for v in settings.description_rows if v in settings.variants]
     out: dict = {"guidance": {}, "error_rates": []}
+    if not reading:  # no row of this table reads the descriptions: nothing to ablate
+        return None
     if "spa" in reading:
         random_rows = _rows_with(settings, settings.describer.model_copy(update={"guidance": "random"}), ["spa"],
                                  "random-guidance", progress)
