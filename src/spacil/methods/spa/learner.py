@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 @register_method(
-    "spa", config=SPAConfig,
+    "spa", config=SPAConfig, features=("global", "patches", "prompts", "descriptions"),
     variants={"clsonly": ["patch_branch=false"], "spa": [], "spa_no_ot": ["ot.aggregation=mean"],
               "spa_no_replay": ["replay.enabled=false"], "spa_shared_projector": ["projector.per_task=false"],
               "spa_random_selection": ["selection.rule=random"],
