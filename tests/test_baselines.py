@@ -10,8 +10,8 @@ from spacil.cli import app
 from spacil.config import load_config
 from spacil.methods import get_method, make_learner
 
-FAST = {"proof": ["epochs=5"], "rapf": ["epochs=5"], "engine": ["epochs=5"],
-        "clg_cbm": ["gate_epochs=5", "head_epochs=15", "milestones=[12]", "head_lr=0.02"]}  # few steps on a toy: higher lr
+FAST = {"proof": ["epochs=30", "lr=0.01"], "rapf": ["epochs=20", "lr=0.01", "milestones=[15]", "batch_size=32"], "engine": ["epochs=5"],
+        "clg_cbm": ["gate_epochs=5", "head_epochs=15", "milestones=[12]", "head_lr=0.02"]}  # a toy has few steps per epoch
 
 
 def _learner(name: str, extra: tuple[str, ...] = ()):

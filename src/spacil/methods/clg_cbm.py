@@ -24,6 +24,7 @@ Followed: LAMDA-CL/C3Box ``models/clg_cbm.py`` (``cluster``, ``_train_function``
 ``utils/inc_net.py`` (``PrototypicalNet.update_explainer`` / ``forward_explainer``, ``Gateway.generate_gate``),
 ``utils/data_manager.py`` (``get_prefix``), ``exps/clg_cbm.json`` (defaults below).
 
+The CPU demo preset trains the head 20 epochs per task (milestones 10, 13, 17) instead of 60 (30, 40, 50).
 Deviations: concepts are our description phrases (deduplicated), not the reference's concept files;
 ``Sigma^+`` is a pseudo-inverse (``inv`` in the reference; equal when the concept covariance is
 invertible, which needs more concepts than feature dimensions); the reference keeps the gate and the head

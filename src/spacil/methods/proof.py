@@ -14,6 +14,8 @@ predicts with ``x'·t'^T + x'·m'^T + P_img(x)·P_txt(t)^T`` over the seen class
 Followed: LAMDA-CL/C3Box ``models/proof.py``, ``utils/inc_net.py`` (``Proof_Net``),
 ``backbone/projections.py`` (``Proj_Pure_MLP``, ``MultiHeadAttention``), ``models/base.py`` (herding),
 ``exps/proof.json`` (defaults below); zhoudw-zdw/PROOF (same code, its logs give the published figures).
+The CPU demo preset trains 4 epochs per task instead of 10 (``method.proof.epochs``): the attention
+over every seen class's tokens dominates the demo's time.
 
 Deviations (frozen-feature harness): exemplars are kept as cached [CLS] features, not images; class
 texts are our prompt embeddings (mean over ``text.templates``, normalised) instead of raw encoder

@@ -15,6 +15,8 @@ so directions where the new weights moved little (small ``D``) keep the old weig
 
 Followed: LAMDA-CL/C3Box ``models/rapf.py`` (``adaptation``, ``_train``, ``mix_matrix``,
 ``analyze_mean_cov``, ``sample``), ``exps/rapf.json`` (defaults below); RAPF's milestones ``[4, 10]``.
+RAPF sizes ``beta`` so that about 2,000 pseudo-features are drawn per epoch (its cifar100 config's
+comment); the CPU demo preset, with 5 batches per task instead of ~40, sets ``beta = 20`` by that rule.
 Deviations: class texts are our prompt embeddings (``text.templates``; the reference uses ``"a good photo
 of a {}."``); the old-class order of the pseudo-feature batches is drawn from the task seed.
 """
