@@ -10,8 +10,9 @@ from spacil.cli import app
 from spacil.config import load_config
 from spacil.methods import get_method, make_learner
 
-FAST = {"proof": ["epochs=30", "lr=0.01"], "rapf": ["epochs=20", "lr=0.01", "milestones=[15]", "batch_size=32"], "engine": ["epochs=5"],
-        "clg_cbm": ["gate_epochs=5", "head_epochs=15", "milestones=[12]", "head_lr=0.02"]}  # a toy has few steps per epoch
+# a toy has few batches per epoch: enough steps for methods that start from random projections
+FAST = {"proof": ["epochs=30", "lr=0.01"], "rapf": ["epochs=20", "lr=0.01", "milestones=[15]", "batch_size=32"],
+        "engine": ["epochs=5"], "clg_cbm": ["gate_epochs=5", "head_epochs=15", "milestones=[12]", "head_lr=0.02"]}
 
 
 def _learner(name: str, extra: tuple[str, ...] = ()):

@@ -83,7 +83,8 @@ def test_memory_holds_the_herding_exemplars_of_each_class_as_features():
     assert torch.bincount(learner.memory_y).tolist() == [7] * N_CLASSES
     for c in range(N_CLASSES):
         rows = torch.nonzero(train.labels == c).flatten()
-        assert torch.equal(learner.memory_x[learner.memory_y == c], train.global_[rows[herding(train.global_[rows], 7)]])
+        picks = rows[herding(train.global_[rows], 7)]
+        assert torch.equal(learner.memory_x[learner.memory_y == c], train.global_[picks])
     none = PROOF(PROOFConfig(epochs=1, memory_per_class=0))
     learn(none, train, texts)
     assert none.memory_y is None

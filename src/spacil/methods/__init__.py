@@ -18,6 +18,6 @@ from .rapf import RAPF
 from .engine import ENGINE
 from .clg_cbm import CLGCBM
 
-__all__ = ["CLGCBM", "ENGINE", "FeatureBatch", "Learner", "PROOF", "RAPF", "MethodEntry", "RanPAC", "SPALearner", "SimpleCIL", "TaskContext", "Variant",
-           "ZeroShotCLIP", "all_variants", "default_variants", "get_method", "list_methods", "make_learner",
-           "register_method"]
+__all__ = ["CLGCBM", "ENGINE", "FeatureBatch", "Learner", "MethodEntry", "PROOF", "RAPF", "RanPAC", "SPALearner",
+           "SimpleCIL", "TaskContext", "Variant", "ZeroShotCLIP", "all_variants", "default_variants", "get_method",
+           "list_methods", "make_learner", "register_method"]

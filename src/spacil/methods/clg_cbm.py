@@ -60,17 +60,19 @@ EXTRAS_KEY = "clg_cbm.concepts"
 
 
 class CLGCBMConfig(StrictModel):
-    """CLG-CBM: concept gate over a description concept bank, concept-score head, Gaussian + shifted replay (C3Box ``exps/clg_cbm.json``)."""
+    """CLG-CBM: concept gate over description concepts, concept head, Gaussian + shifted replay (C3Box defaults)."""
 
     gate_epochs: int = Field(30, ge=0, description="Epochs of the concept gate (epochs).")
     gate_lr: float = Field(0.01, gt=0, description="Adam learning rate of the gate (lr).")
     head_epochs: int = Field(60, ge=0, description="Epochs of the concept head per task (FB_epoch, FB_epoch_inc).")
     head_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the head (init_lr).")
-    milestones: list[int] = Field(default_factory=lambda: [30, 40, 50], description="Head epochs where lr drops 10x.")
+    milestones: list[int] = Field(default_factory=lambda: [30, 40, 50],
+                                  description="Head epochs where lr drops 10x.")
     batch_size: int = Field(48, ge=1)
     pool_per_class: int = Field(10, ge=1, description="Concepts selected per new class (pool).")
     sim: float = Field(1.0, ge=0, description="Weight of the concept alignment loss.")
-    sg_num: int = Field(1, ge=0, description="Gaussian samples per replayed old class and batch (two classes per batch).")
+    sg_num: int = Field(1, ge=0, description="Gaussian samples per replayed old class and batch "
+                        "(two classes per batch).")
     division_power: float = Field(5.0, description="Power of the mean distance dividing the Mahalanobis term.")
     sparse_lambda: float = Field(1e-3, ge=0, description="Elastic-net strength on the heads.")
     sparse_alpha: float = Field(0.99, ge=0, le=1, description="L1 share of the elastic net.")
@@ -79,7 +81,8 @@ class CLGCBMConfig(StrictModel):
                                   "for the text encoder ({phrase}, {name}); the reference's per-dataset prefix.")
 
 
-def concept_bank(embeddings: Tensor, mask: Tensor, phrases: list[list[str]], classes: range) -> tuple[Tensor, list[str]]:
+def concept_bank(embeddings: Tensor, mask: Tensor, phrases: list[list[str]],
+                 classes: range) -> tuple[Tensor, list[str]]:
     """The distinct phrases of ``classes`` (first occurrence wins) and their embeddings ``[N, D]``."""
     seen: dict[str, Tensor] = {}
     for c in classes:
@@ -134,7 +137,8 @@ class CLGCBM(Learner):
     @classmethod
     def prepare(cls, config: "Config", backbone: "FrozenCLIP", texts: "ClassTexts") -> dict:
         """Every description phrase, written as a concept, through the frozen text encoder."""
-        return add_description_embeddings(config, backbone, texts, EXTRAS_KEY, config.method.clg_cbm.concept_template)
+        return add_description_embeddings(config, backbone, texts, EXTRAS_KEY,
+                                          config.method.clg_cbm.concept_template)
 
     # ------------------------------------------------------------------ step 1: concept gate
     def train_gate(self, x: Tensor, y: Tensor, bank: Tensor, generator: torch.Generator) -> nn.Sequential:
@@ -145,17 +149,20 @@ class CLGCBM(Learner):
         gate = nn.Sequential(linear(dim, n, generator, bias=False), nn.BatchNorm1d(n, device=generator.device),
                              linear(n, n_new, generator)).to(x.device)
         mu = bank.mean(0)
-        precision = torch.linalg.pinv(torch.cov(bank.T.double())).float()
-        spread = mahalanobis_sq(bank, mu, precision).mean()
+        if n > 1:
+            precision = torch.linalg.pinv(torch.cov(bank.T.double())).float()
+            spread = mahalanobis_sq(bank, mu, precision).mean()
         optimizer = torch.optim.Adam(gate.parameters(), lr=cfg.gate_lr)
         gate.train()
         for _ in range(cfg.gate_epochs):
             for idx in minibatches(len(y), cfg.batch_size, generator):
                 if len(idx) < 2:  # BatchNorm needs two samples
                     continue
-                w = gate[0].weight / gate[0].weight.detach().norm(dim=-1, keepdim=True)
-                reg = (mahalanobis_sq(w, mu, precision).mean() - spread).abs() / spread ** cfg.division_power
-                loss = F.cross_entropy(gate(x[idx]), y[idx]) + reg
+                loss = F.cross_entropy(gate(x[idx]), y[idx])
+                if n > 1:  # a covariance needs two concepts (prompt-template fallback may give one)
+                    w = gate[0].weight / gate[0].weight.detach().norm(dim=-1, keepdim=True)
+                    gap = (mahalanobis_sq(w, mu, precision).mean() - spread).abs()
+                    loss = loss + gap / spread ** cfg.division_power
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -60,7 +60,7 @@ EXTRAS_KEY = "engine.descriptions"
 
 
 class EngineConfig(StrictModel):
-    """ENGINE: per-task adapters, description and noise contrasts, prototype replay, LDA + re-ranking (C3Box ``exps/engine.json``)."""
+    """ENGINE: per-task adapters, description and noise contrasts, prototype replay, LDA + re-ranking."""
 
     epochs: int = Field(10, ge=0, description="Epochs per task (tuned_epoch).")
     batch_size: int = Field(64, ge=1)
