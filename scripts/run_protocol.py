@@ -4,25 +4,21 @@
         [--methods spa,simplecil] [--output runs/protocol] [--set backbone.batch_size=512]
 
 Each (preset, method) is one `spa-cil train` run through the same harness (resumable: rerunning the
-command skips finished runs). Writes ``protocol.md`` / ``protocol.csv``: our Ā / A_B next to the
-published figures stored in ``src/spacil/data/published_results.json`` (with their source).
+command skips finished runs). Writes ``protocol.md`` / ``protocol.csv``: our Ā / A_B of each method on
+the same line as its published figures, stored in ``src/spacil/data/published_results.json`` (with their
+source; ``spacil.evaluation.published``).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
-from importlib import resources
 from pathlib import Path
 
 from spacil.config import list_presets, load_config
+from spacil.evaluation.published import beside_published, markdown_table
 from spacil.training.harness import run_experiment
-
-
-def published() -> list[dict]:
-    return json.loads((resources.files("spacil.data") / "published_results.json").read_text())["results"]
 
 
 def protocol_presets() -> list[str]:
@@ -33,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, required=True, help="Folder with one sub-folder per dataset.")
     parser.add_argument("--presets", default=",".join(protocol_presets()))
-    parser.add_argument("--methods", default="spa,simplecil")
+    parser.add_argument("--methods", default="spa,simplecil,ranpac,proof,rapf,engine,clg_cbm")
     parser.add_argument("--output", type=Path, default=Path("runs/protocol"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
@@ -46,21 +42,16 @@ def main() -> None:
                                        f"run.output_dir={args.output}", *args.overrides])
             summary = run_experiment(cfg).summary
             dataset, split = preset.split("_b", 1)
-            rows.append({"dataset": dataset, "split": "b" + split, "method": f"{method} (ours)",
+            rows.append({"dataset": dataset, "split": "b" + split, "method": method,
                          "average": round(summary["average_accuracy"], 2), "last": round(summary["last_accuracy"], 2)})
-    wanted = {(r["dataset"], r["split"]) for r in rows}
-    rows += [r for r in published() if (r["dataset"], r["split"]) in wanted]
-    rows.sort(key=lambda r: (r["dataset"], r["split"], "(ours)" not in r["method"], r["method"]))
+    table = beside_published(rows)
     args.output.mkdir(parents=True, exist_ok=True)
     with open(args.output / "protocol.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["dataset", "split", "method", "average", "last"])
+        writer = csv.DictWriter(fh, fieldnames=list(table[0]))
         writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| dataset | split | method | Ā | A_B |", "|---|---|---|---|---|"]
-    lines += [f"| {r['dataset']} | {r['split']} | {r['method']} | {r['average'] if r['average'] is not None else '-'} | "
-              f"{r['last'] if r['last'] is not None else '-'} |" for r in rows]
-    (args.output / "protocol.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        writer.writerows(table)
+    (args.output / "protocol.md").write_text(markdown_table(table))
+    print(markdown_table(table))
 
 
 if __name__ == "__main__":

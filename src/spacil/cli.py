@@ -272,9 +272,10 @@ def info() -> None:
     typer.echo("  " + ", ".join(list_presets()))
     typer.echo("shipped class orders (seed 1993): " + ", ".join(shipped_class_order_datasets()))
     _echo_description_sources()
-    typer.echo("methods (method.name):")
+    typer.echo("methods (method.name; exemplars = stores training samples of old classes; features it reads):")
     for entry in list_methods():
         typer.echo(f"  {entry.name:22s} {entry.summary}")
+        typer.echo(f"  {'':22s} exemplars: {'yes' if entry.exemplars else 'no'}; features: {', '.join(entry.features)}")
     typer.echo("compare variants (* = run by default in compare and demo):")
     variants = all_variants()
     width = max(map(len, variants)) + 1

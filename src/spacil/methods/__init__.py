@@ -13,7 +13,11 @@ from .zeroshot import ZeroShotCLIP
 from .simplecil import SimpleCIL
 from .spa import SPALearner
 from .ranpac import RanPAC
+from .proof import PROOF
+from .rapf import RAPF
+from .engine import ENGINE
+from .clg_cbm import CLGCBM
 
-__all__ = ["FeatureBatch", "Learner", "MethodEntry", "RanPAC", "SPALearner", "SimpleCIL", "TaskContext", "Variant",
-           "ZeroShotCLIP", "all_variants", "default_variants", "get_method", "list_methods", "make_learner",
-           "register_method"]
+__all__ = ["CLGCBM", "ENGINE", "FeatureBatch", "Learner", "MethodEntry", "PROOF", "RAPF", "RanPAC", "SPALearner",
+           "SimpleCIL", "TaskContext", "Variant", "ZeroShotCLIP", "all_variants", "default_variants", "get_method",
+           "list_methods", "make_learner", "register_method"]

@@ -9,7 +9,10 @@ regression onto one-hot targets is then solved in closed form from statistics th
 Adding a task adds its samples to ``G`` and ``Q`` and re-solves: nothing old is stored but these sums,
 and the result is the same as fitting all tasks' data at once, so it does not forget through training
 order. ``lambda`` is chosen per task on a held-out part of the new data (as RanPAC does), unless fixed.
-Not included: RanPAC's first-task adaptation of the backbone (ours stays frozen).
+Defaults are the reference's: ``M = 10,000`` and ``lambda`` in ``10^-8 .. 10^13`` (RanPAC's
+``RanPAC.py``, ``optimise_ridge_parameter``; C3Box ``utils/inc_net.py`` ``SimpleVitNet.RP_dim``). At
+``M = 10,000`` every solve is a 10,000 x 10,000 system: the CPU demo preset sets ``projection_dim``
+to 1,024. Not included: RanPAC's first-task adaptation of the backbone (ours stays frozen).
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from .registry import register_method
 class RanPACConfig(StrictModel):
     """RanPAC: fixed random ReLU projection, ridge-regression classifier from accumulated statistics."""
 
-    projection_dim: int = Field(1024, ge=1, description="M, width of the random projection.")
+    projection_dim: int = Field(10_000, ge=1, description="M, width of the random projection (reference: "
+                                "10,000; memory and time grow as M^2 and M^3).")
     ridge: float | None = Field(None, gt=0, description="Fixed ridge lambda; none = chosen per task from ridge_grid.")
-    ridge_grid: list[float] = Field(default_factory=lambda: [10.0 ** e for e in range(-4, 7)],
+    ridge_grid: list[float] = Field(default_factory=lambda: [10.0 ** e for e in range(-8, 14)],
                                     description="Candidate lambdas, scored by holdout mean squared error.")
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the new task's samples held out to "
                                     "choose lambda (all samples are used for the final fit).")

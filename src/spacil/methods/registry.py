@@ -45,6 +45,8 @@ class MethodEntry:
     learner: "type[Learner]"
     config: type[BaseModel]
     variants: tuple[Variant, ...]
+    exemplars: bool = False  # keeps training samples (as features) of old classes: not exemplar-free
+    features: tuple[str, ...] = ("global",)  # what it reads: global, patches, prompts, descriptions
 
     @property
     def summary(self) -> str:
@@ -53,6 +55,7 @@ class MethodEntry:
 
 
 _METHODS: dict[str, MethodEntry] = {}
+FEATURE_KINDS = frozenset({"global", "patches", "prompts", "descriptions"})
 
 
 def _variants(method: str, table: Mapping[str, Sequence[str]], default: bool) -> list[Variant]:
@@ -61,12 +64,18 @@ def _variants(method: str, table: Mapping[str, Sequence[str]], default: bool) ->
 
 
 def register_method(name: str, config: type[BaseModel], variants: Mapping[str, Sequence[str]] | None = None,
-                    extra_variants: Mapping[str, Sequence[str]] | None = None) -> Callable[[L], L]:
+                    extra_variants: Mapping[str, Sequence[str]] | None = None, exemplars: bool = False,
+                    features: Sequence[str] = ("global",)) -> Callable[[L], L]:
     """Class decorator: register a learner under ``name`` with its config section.
 
     ``variants`` run by default in ``compare`` and the demo (default: the method itself, ``{name: []}``);
-    ``extra_variants`` can be named but do not run by default.
+    ``extra_variants`` can be named but do not run by default. ``exemplars`` marks a method that stores
+    samples of old classes (a protocol setting users compare on); ``features`` names what it reads
+    (``global`` [CLS], ``patches``, class ``prompts``, ``descriptions``), both shown by ``spa-cil info``.
     """
+    unknown = sorted(set(features) - FEATURE_KINDS)
+    if unknown:
+        raise ValueError(f"method {name!r}: unknown feature kinds {unknown}; known: {sorted(FEATURE_KINDS)}")
     def wrap(cls: L) -> L:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is registered twice")
@@ -77,7 +86,7 @@ def register_method(name: str, config: type[BaseModel], variants: Mapping[str, S
         if clash:
             raise ValueError(f"method {name!r}: variant names already taken: {', '.join(clash)}")
         cls.name = name
-        _METHODS[name] = MethodEntry(name, cls, config, tuple(found))
+        _METHODS[name] = MethodEntry(name, cls, config, tuple(found), exemplars, tuple(features))
         return cls
 
     return wrap

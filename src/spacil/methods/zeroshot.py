@@ -17,7 +17,7 @@ class ZeroShotConfig(StrictModel):
     logit_scale: float = Field(100.0, gt=0)
 
 
-@register_method("zeroshot", config=ZeroShotConfig)
+@register_method("zeroshot", config=ZeroShotConfig, features=("global", "prompts"))
 class ZeroShotCLIP(Learner):
     """Zero-shot CLIP (Continual-CLIP): cosine of the frozen [CLS] to each seen class's prompt."""
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ class ClassTexts:
     class_names: list[str]
     prompt_embeddings: Tensor  # [C, D] L2-normalised mean over prompt templates
     semantic: "SemanticTokens | None" = None  # description tokens (SPA's patch-level side), when needed
+    extras: dict[str, Any] = field(default_factory=dict)  # other methods' text features, by "<method>.<what>"
 
     def __len__(self) -> int:
         return len(self.class_names)

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 @register_method(
-    "spa", config=SPAConfig,
+    "spa", config=SPAConfig, features=("global", "patches", "prompts", "descriptions"),
     # default rows: the controls, SPA, and one ablation per component of the default path
     variants={"clsonly": ["patch_branch=false"], "clsonly_desc": ["patch_branch=false", "global_descriptions=true"],
               "spa": [], "spa_frozen_patches": ["projector.patch=frozen"],
