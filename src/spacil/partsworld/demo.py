@@ -58,7 +58,7 @@ class DemoSettings(StrictModel):
     error_factors: list[float] = Field(default_factory=lambda: [0.0, 2.0],
                                        description="Describer error-rate multipliers of the sweep (1 = the main table).")
     description_rows: list[str] = Field(
-        default_factory=lambda: ["spa", "clsonly_desc"],
+        default_factory=lambda: ["spa", "clsonly_desc", "engine", "clg_cbm"],
         description="Rows that read the description file: rerun in the ablations (the other rows do not read it).")
 
 
