@@ -118,7 +118,6 @@ def test_submitit_local_executor_matches_sequential(sequential, tmp_path):
 
 
 def test_requeued_cell_resumes_instead_of_overwriting(sequential):
-    cell_config = build_spec({"presets": ["x"], "variants": ["simplecil"], "overwrite": True})  # noqa: F841
     from spacil.training.matrix import plan_cells
 
     spec = _spec(sequential["preset"], sequential["tmp"] / "seq", sequential["tmp"] / "cache", overwrite=True)

@@ -15,6 +15,7 @@ resumes from its run folder's per-task checkpoints).
 from __future__ import annotations
 
 import concurrent.futures as futures
+import json
 import logging
 import multiprocessing
 import os
@@ -205,8 +206,6 @@ def already_done(cell: Cell, code: dict) -> CellOutcome | None:
     folder = RunFolder(Path(cell.folder))
     if cell.config["run"]["overwrite"] or not folder.finished or code_difference(folder.recorded_code(), code):
         return None  # a finished run of other code runs too, and the harness refuses it with what differs
-    import json
-
     summary = json.loads((folder.path / "summary.json").read_text())
     return CellOutcome(cell.preset, cell.variant, cell.seed, cell.folder, "reused",
                        summary={k: summary.get(k) for k in ("average_accuracy", "last_accuracy", "forgetting")})
