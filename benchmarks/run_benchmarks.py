@@ -856,14 +856,19 @@ def _encoder_images_per_s(results: dict) -> float | None:
     return o["images"] / o["encoder_s"] if "encoder_s" in o else None
 
 
-def run_sections(names: list[str], opts: BenchOptions, header: dict | None = None) -> dict:
-    """Run the named sections in order into one results dict (``opts.results``)."""
+def run_sections(names: list[str], opts: BenchOptions, header: dict | None = None, out: Path | None = None) -> dict:
+    """Run the named sections in order into one results dict (``opts.results``); with ``out``, rewrite
+    ``results.json`` after each section, so a run stopped midway keeps the sections it finished."""
     results = opts.results
     results.update(header or {})
     for name in names:
         start = time.perf_counter()
         results[name] = SECTIONS[name](opts)
+        results.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 1)
         print(f"{name}: done in {time.perf_counter() - start:.1f} s", flush=True)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -902,9 +907,7 @@ def main(argv: list[str] | None = None) -> None:
               "sections": chosen}
     with tempfile.TemporaryDirectory() as tmp:
         opts = BenchOptions(quick=args.quick, compile=args.compile, ot_threads=args.ot_threads, workdir=Path(tmp))
-        results = run_sections(chosen, opts, header)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        results = run_sections(chosen, opts, header, args.out)
     table = render_all(results)
     (args.out / "results.md").write_text(table)
     print(table)
