@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from spacil.runs.code_version import code_difference, code_version, source_digest
 

@@ -20,7 +20,6 @@ import logging
 import multiprocessing
 import os
 import time
-import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
