@@ -2,6 +2,9 @@
 
     python benchmarks/run_benchmarks.py [--out benchmarks/results] [--quick] [--compile] [--sections a,b]
 
+``--quick`` runs every section at small sizes in seconds (the test suite runs it, so a section that breaks
+fails CI); its figures are not the ones to report.
+
 Writes ``results.json`` and ``results.md`` (a table with each goal and PASS/MISS). Measures:
 1. batched masked Sinkhorn vs a per-pair Python loop over the same B x C problems;
 2. patch-level OT scoring time relative to the encoder forward of the same images (ViT-B/16, random init);
@@ -16,6 +19,10 @@ Writes ``results.json`` and ``results.md`` (a table with each goal and PASS/MISS
    fresh subprocess; on a GPU also CUDA peak memory, bf16 throughput and an 18-split wall-time estimate.
    ``--sections`` runs a subset of the sections.
 Timings use the median of repeats after a warm-up. No assertion here: the table reports MISS honestly.
+
+Adding a section: a function ``bench_<name>(opts: BenchOptions) -> dict`` decorated with ``@section("<name>")``
+(registration order is run order); ``opts.quick`` asks for small sizes, ``opts.results`` holds the sections
+measured before it in this run, ``opts.workdir`` is a temporary folder.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +51,31 @@ from spacil.config import load_config  # noqa: E402
 from spacil.methods.spa import SPAConfig  # noqa: E402
 from spacil.ot import ot_score, sinkhorn_log, sinkhorn_loop_reference, sinkhorn_plan, uniform_masses  # noqa: E402
 from spacil.methods.spa.learner import SPALearner  # noqa: E402
+
+
+@dataclass
+class BenchOptions:
+    """What every section receives: the command-line switches, a scratch folder and the results so far."""
+
+    quick: bool = False  # small sizes: every section in seconds (smoke test; figures not for reporting)
+    compile: bool = False  # also time torch.compile
+    ot_threads: int = 0  # torch threads for the OT protocol-size section (0: leave as is)
+    workdir: Path = Path(".")
+    results: dict = field(default_factory=dict)
+
+
+#: name -> section function, in run order (see :func:`section`).
+SECTIONS: dict[str, Callable[[BenchOptions], dict]] = {}
+
+
+def section(name: str) -> Callable:
+    """Register ``fn(opts) -> dict`` as the section ``name`` (run in registration order)."""
+    def register(fn: Callable[[BenchOptions], dict]) -> Callable[[BenchOptions], dict]:
+        if name in SECTIONS:
+            raise ValueError(f"benchmark section {name!r} registered twice")
+        SECTIONS[name] = fn
+        return fn
+    return register
 
 
 def timed(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
@@ -74,7 +107,8 @@ def ot_problem(b: int, c: int, m: int, n: int, seed: int = 0, ragged: bool = Tru
     return sim, a, uniform_masses(mask)[None].expand(b, c, n).contiguous()
 
 
-def bench_sinkhorn(args) -> dict:
+@section("sinkhorn")
+def bench_sinkhorn(args: BenchOptions) -> dict:
     b, c = (16, 25) if args.quick else (64, 100)
     sim, a, bm = ot_problem(b, c, 32, 32)
     cost = 1 - sim
@@ -96,19 +130,23 @@ def bench_sinkhorn(args) -> dict:
     return out
 
 
-def bench_ot_overhead(args) -> dict:
-    """Patch-level scoring (selection + OT) vs the ViT-B/16 forward of the same images."""
-    bsz, n_classes = (8, 100) if args.quick else (32, 100)
-    backbone = load_backbone("ViT-B-16@random", device="cpu")
-    images = torch.randn(bsz, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+@section("ot_overhead")
+def bench_ot_overhead(args: BenchOptions) -> dict:
+    """Patch-level scoring (selection + OT) vs the ViT-B/16 forward of the same images (quick: the tiny
+    test encoder, so the figure is not the ViT-B/16 ratio)."""
+    bsz, n_classes = (4, 10) if args.quick else (32, 100)
+    backbone = load_backbone("tiny-test" if args.quick else "ViT-B-16@random", device="cpu")
+    size = backbone.image_size[0] if args.quick else 224
+    images = torch.randn(bsz, 3, size, size, generator=torch.Generator().manual_seed(0))
     encode = timed(lambda: backbone.encode_images(images), repeats=2)
     feats = backbone.encode_images(images)
     learner, side = _learner_with_classes(n_classes, feats.global_.shape[1],
-                                          SPAConfig(replay={"enabled": False}), _repeat(feats, n_classes))
+                                          SPAConfig(replay={"enabled": False}), _repeat(feats, 2 * n_classes))
     patches = learner.visual(feats.patches)
     with torch.no_grad():
         score = timed(lambda: learner.patch_scores(patches, side), repeats=3)
-    return {"images": bsz, "classes": n_classes, "encoder_s": encode, "patch_scoring_s": score,
+    return {"encoder": backbone.name if args.quick else "ViT-B/16 (random init)",
+            "images": bsz, "classes": n_classes, "encoder_s": encode, "patch_scoring_s": score,
             "ratio": score / encode, "k": learner.config.selection.k, "iterations": learner.config.ot.iterations}
 
 
@@ -133,7 +171,10 @@ def _context(n_classes: int, dim: int):
 
 
 def _learner_with_classes(n_classes: int, dim: int, cfg: SPAConfig, features):
-    """An untrained SPA learner that has seen ``n_classes`` classes (prototypes from ``features``)."""
+    """An untrained SPA learner that has seen ``n_classes`` classes (prototypes from ``features``).
+
+    Row i belongs to class ``i % n_classes``; every class needs two rows (its calibration statistics
+    are a covariance), so pass at least ``2 * n_classes`` rows (:func:`_repeat`)."""
     from spacil.config import TrainConfig
     from spacil.methods.base import FeatureBatch
 
@@ -145,21 +186,28 @@ def _learner_with_classes(n_classes: int, dim: int, cfg: SPAConfig, features):
     return learner, side
 
 
-def _repeat(feats, n: int):
-    """At least ``n`` rows of features (tiled), so every synthetic class has a prototype."""
+def _repeat(feats, n: int, noise: float = 1e-2):
+    """At least ``n`` rows of features (tiled, with a little seeded noise so the copies of a row are not
+    identical and a class's covariance is not degenerate)."""
     from spacil.methods.base import FeatureBatch
 
     reps = -(-n // feats.global_.shape[0])
-    return FeatureBatch(feats.global_.repeat(reps, 1), feats.patches.repeat(reps, 1, 1), torch.zeros(0))
+    g = torch.Generator().manual_seed(5)
+    global_, patches = feats.global_.repeat(reps, 1), feats.patches.repeat(reps, 1, 1)
+    global_ = global_ + noise * torch.randn(global_.shape, generator=g)
+    patches = patches + noise * torch.randn(patches.shape, generator=g)
+    return FeatureBatch(global_, patches, torch.zeros(0))
 
 
-def bench_forwards_per_run(args, workdir: Path) -> dict:
+@section("forwards")
+def bench_forwards_per_run(args: BenchOptions) -> dict:
     """A real 3-task run (10 epochs) through the harness and the cache: count encoder forwards."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import write_image_folder
 
     from spacil.training.harness import prepare_data, run_experiment
 
+    workdir = args.workdir / "forwards"
     root = write_image_folder(workdir / "images", n_classes=6, n_train=8, n_test=4)
     backbone = load_backbone("tiny-test", device="cpu")
     cfg = load_config(None, [f"data.root={root}", "data.init_cls=2", "data.increment=2", "train.epochs=10",
@@ -194,7 +242,8 @@ def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
     return total
 
 
-def bench_backward_memory(args) -> dict:
+@section("memory")
+def bench_backward_memory(args: BenchOptions) -> dict:
     sim, a, bm = ot_problem(16, 50, 16, 16)
     out = {}
     for detach in (True, False):
@@ -207,7 +256,8 @@ def bench_backward_memory(args) -> dict:
     return out
 
 
-def bench_convergence(args) -> dict:
+@section("convergence")
+def bench_convergence(args: BenchOptions) -> dict:
     """Default iterations vs 1000 on real-like features: the shipped parts-world CLIP on rendered images,
     patches selected by each class's descriptions and transported onto its phrase tokens, as SPA does."""
     from spacil.partsworld import class_descriptions, generate_split, make_class_specs
@@ -217,8 +267,8 @@ def bench_convergence(args) -> dict:
     cfg = SPAConfig()
     k = 16
     backbone = load_backbone("partsworld-clip", device="cpu")
-    specs = make_class_specs(20, seed=0)
-    samples = generate_split(specs, 3, seed=5, split="test")
+    specs = make_class_specs(8 if args.quick else 20, seed=0)
+    samples = generate_split(specs, 2 if args.quick else 3, seed=5, split="test")
     images = torch.stack([backbone.preprocess(s.image) for s in samples])
     patches = F.normalize(backbone.encode_images(images).patches, dim=-1)
     sem = build_semantic_tokens(backbone, [s.name for s in specs], [class_descriptions(s) for s in specs])
@@ -234,11 +284,12 @@ def bench_convergence(args) -> dict:
             "argmax_agreement": float((default.argmax(-1) == exact.argmax(-1)).float().mean())}
 
 
-def bench_throughput(args, workdir: Path) -> dict:
+@section("throughput")
+def bench_throughput(args: BenchOptions) -> dict:
     from spacil.config import TrainConfig
     from spacil.methods.base import FeatureBatch
 
-    n, dim, p, classes = (512, 64, 64, 10) if args.quick else (2048, 64, 64, 10)
+    n, dim, p, classes = (256, 64, 64, 10) if args.quick else (2048, 64, 64, 10)
     g = torch.Generator().manual_seed(0)
     batch = FeatureBatch(torch.randn(n, dim, generator=g), torch.randn(n, p, dim, generator=g).half(),
                          torch.arange(n) % classes)
@@ -246,11 +297,12 @@ def bench_throughput(args, workdir: Path) -> dict:
     train_s = timed(lambda: SPALearner(SPAConfig(), TrainConfig(epochs=1, batch_size=64)).learn_task(ctx, batch),
                     repeats=2)
     tiny = load_backbone("tiny-test", device="cpu")
-    images = torch.rand(256, 3, 32, 32, generator=g)
+    n_images = 32 if args.quick else 256
+    images = torch.rand(n_images, 3, 32, 32, generator=g)
     tiny_s = timed(lambda: tiny.encode_images(images), repeats=3)
     out = {"train_samples_per_s": n / train_s, "train_setting": f"{n} samples, {p} patches, D={dim}, C={classes}, "
-           "1 epoch incl. Gaussian statistics", "extract_tiny_images_per_s": 256 / tiny_s}
-    if torch.cuda.is_available():
+           "1 epoch incl. Gaussian statistics", "extract_tiny_images_per_s": n_images / tiny_s}
+    if torch.cuda.is_available() and not args.quick:
         vit = load_backbone("ViT-B-16@random", device="cuda", precision="bf16")
         imgs = torch.randn(256, 3, 224, 224, device="cuda")
         s = timed(lambda: vit.encode_images(imgs), repeats=5, warmup=2)
@@ -278,7 +330,12 @@ def _dense_ot_problems(b: int, c: int, m: int, n: int, seed: int = 0):
     return sim, torch.full((b, c, m), 1.0 / m), torch.full((1, c, n), 1.0 / n).expand(b, c, n)
 
 
-def bench_ot_protocol(args, sizes: tuple[tuple[int, int], ...] = ((16, 8), (32, 32)), eps: float = 0.1,
+@section("ot_protocol")
+def bench_ot_protocol_section(args: BenchOptions) -> dict:
+    return bench_ot_protocol(args, threads=args.ot_threads or None)
+
+
+def bench_ot_protocol(args: BenchOptions, sizes: tuple[tuple[int, int], ...] = ((16, 8), (32, 32)), eps: float = 0.1,
                       iters: int = 30, loop_subset: int = 256, threads: int | None = None) -> dict:
     """Batched Sinkhorn plans at the protocol's sizes: B=64 images x C=100 classes = 6,400 problems of
     k x N (k=16 selected patches x N=8 semantic tokens, and 32 x 32), eps 0.1, 30 iterations, CPU float32.
@@ -310,7 +367,9 @@ def _bench_ot_protocol(args, sizes, eps, iters, loop_subset) -> dict:
 
     from spacil.ot import choose_domain, sinkhorn_plan
 
-    b, c = (16, 25) if args.quick else (64, 100)
+    b, c = (4, 10) if args.quick else (64, 100)
+    if args.quick:
+        loop_subset = 8
     out = {"setting": f"B={b} x C={c} = {b * c} problems, eps={eps}, {iters} iterations, float32, "
                       f"{torch.get_num_threads()} threads, device cpu", "sizes": {}}
     for m, n in sizes:
@@ -622,24 +681,34 @@ def protocol_estimate(score_s_per_image: dict[int, float], global_step_s: dict[i
     return {"splits": splits, "total_s": total, "total_h": total / 3600}
 
 
-def bench_protocol_scale(args, encoder_images_per_s: float | None = None,
+@section("protocol_scale")
+def bench_protocol_scale_section(args: BenchOptions) -> dict:
+    return bench_protocol_scale(args, _encoder_images_per_s(args.results))
+
+
+def bench_protocol_scale(args: BenchOptions, encoder_images_per_s: float | None = None,
                          classes: tuple[int, ...] = (100, 200, 300), old_classes: tuple[int, ...] = (100,)) -> dict:
     """Training step (scope=all, forward + backward), scoring (no grad, chunk 256) and the default scope=global
     path at P=196, D=512, N=8 (5..8 valid), batch 64, k=16, eps 0.1, 30 iterations; old vs new formulation.
 
     Every configuration runs in its own subprocess (peak memory measured alone). The old formulation runs
-    only at ``old_classes`` (C=100: at 200 / 300 it would not fit this shared 24 GB machine)."""
+    only at ``old_classes`` (C=100: at 200 / 300 it would not fit this shared 24 GB machine). Quick: C in
+    {8, 16}, one repeat, in this process (no fresh interpreter per probe, so its memory figures mix)."""
     if args.quick:
-        classes, old_classes = (20, 40, 60), (20,)
+        classes, old_classes = (8, 16), (8,)
+
+    def probe(spec: dict) -> dict:
+        return run_probe({**spec, "repeats": 1}) if args.quick else _probe_subprocess(spec)
+
     out = {"setting": f"P={SCALE_P}, D={SCALE_D}, N={SCALE_N} (5..8 valid), batch {SCALE_BATCH}, k=16, eps 0.1, "
                       f"30 iterations, eval chunk {SCALE_CHUNK}, {torch.get_num_threads()} threads",
            "device": "cuda" if torch.cuda.is_available() else "cpu", "train": {}, "score": {}, "global": {}}
     for c in classes:
         for form in ("old", "new") if c in old_classes else ("new",):
-            out["train"][f"{form}_{c}"] = _probe_subprocess({"kind": "train", "form": form, "classes": c,
+            out["train"][f"{form}_{c}"] = probe({"kind": "train", "form": form, "classes": c,
                                                             "repeats": 2 if form == "old" else 3})
-            out["score"][f"{form}_{c}"] = _probe_subprocess({"kind": "score", "form": form, "classes": c})
-        out["global"][f"new_{c}"] = _probe_subprocess({"kind": "global", "form": "new", "classes": c, "repeats": 5})
+            out["score"][f"{form}_{c}"] = probe({"kind": "score", "form": form, "classes": c})
+        out["global"][f"new_{c}"] = probe({"kind": "global", "form": "new", "classes": c, "repeats": 5})
     c0, c_max = classes[0], classes[-1]
     tr, sc = out["train"], out["score"]
     if f"old_{c0}" in tr and "error" not in tr[f"old_{c0}"] and "error" not in tr[f"new_{c0}"]:
@@ -726,6 +795,14 @@ def render_protocol_scale(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@section("task_cost")
+def bench_task_cost(opts: BenchOptions) -> dict:
+    """SPA's learner time per task on the SUN-397 B0 Inc30 shape (``task_cost.py``): linear in the seen classes?"""
+    import task_cost
+
+    return task_cost.run(opts.quick)
+
+
 GOALS = [
     ("Batched Sinkhorn (default auto domain) vs per-pair loop (CPU eager)", lambda r: r["sinkhorn"]["speedup"], ">= 10x", lambda v: v >= 10),
     ("Patch-level OT scoring / encoder forward", lambda r: r["ot_overhead"]["ratio"], "<= 0.10", lambda v: v <= 0.10),
@@ -746,6 +823,10 @@ GOALS = [
      lambda v: v >= 1),
     ("OT (auto) vs POT batched, slowest protocol size", lambda r: min(
         row["speedup_auto_vs_pot_batched"] for row in r["ot_protocol"]["sizes"].values()), ">= 3x", lambda v: v >= 3),
+    ("SUN-397 B0 Inc30 shape: learner time task 9 / task 1 (seen classes 5x)",
+     lambda r: r["task_cost"]["ratio_last_to_task1"], "<= 5", lambda v: v <= 5),
+    ("SUN-397 B0 Inc30 shape: learner time of the whole run (s)", lambda r: r["task_cost"]["total_seconds"],
+     "<= 300", lambda v: v <= 300),
 ]
 
 
@@ -787,51 +868,62 @@ def _encoder_images_per_s(results: dict) -> float | None:
     return o["images"] / o["encoder_s"] if "encoder_s" in o else None
 
 
-SECTIONS = ("sinkhorn", "ot_overhead", "forwards", "memory", "convergence", "throughput", "ot_protocol",
-            "protocol_scale")
+def run_sections(names: list[str], opts: BenchOptions, header: dict | None = None, out: Path | None = None) -> dict:
+    """Run the named sections in order into one results dict (``opts.results``); with ``out``, rewrite
+    ``results.json`` after each section, so a run stopped midway keeps the sections it finished."""
+    results = opts.results
+    results.update(header or {})
+    for name in names:
+        start = time.perf_counter()
+        results[name] = SECTIONS[name](opts)
+        results.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 1)
+        print(f"{name}: done in {time.perf_counter() - start:.1f} s", flush=True)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
 
 
-def main() -> None:
+def render_all(results: dict) -> str:
+    """The Markdown of ``results.md``: the goal table, then the OT and protocol-scale tables when measured."""
+    table = render(results)
+    if "ot_protocol" in results:
+        table += "\n" + render_ot_protocol(results["ot_protocol"])
+    if "protocol_scale" in results:
+        table += "\n" + render_protocol_scale(results["protocol_scale"])
+    if results.get("quick"):
+        table = "QUICK MODE (--quick): small sizes, a smoke test; not figures to report.\n\n" + table
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--quick", action="store_true", help="smaller problems (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="every section at small sizes, in seconds (smoke test)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile Sinkhorn")
     parser.add_argument("--ot-threads", type=int, default=0,
                         help="torch threads for the OT protocol-size section (0: leave as is)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one protocol-scale probe
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.probe:
         print("PROBE " + json.dumps(run_probe(json.loads(args.probe))), flush=True)
         return
     chosen = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
-        parser.error(f"unknown sections {unknown}; choose from {SECTIONS}")
-    results = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick,
-               "sections": chosen}
+        parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+    header = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick,
+              "sections": chosen}
     with tempfile.TemporaryDirectory() as tmp:
-        steps = {"sinkhorn": lambda: bench_sinkhorn(args), "ot_overhead": lambda: bench_ot_overhead(args),
-                 "forwards": lambda: bench_forwards_per_run(args, Path(tmp)),
-                 "memory": lambda: bench_backward_memory(args), "convergence": lambda: bench_convergence(args),
-                 "throughput": lambda: bench_throughput(args, Path(tmp)),
-                 "ot_protocol": lambda: bench_ot_protocol(args, threads=args.ot_threads or None),
-                 "protocol_scale": lambda: bench_protocol_scale(args, _encoder_images_per_s(results))}
-        for name in chosen:
-            start = time.perf_counter()
-            results[name] = steps[name]()
-            print(f"{name}: done in {time.perf_counter() - start:.1f} s", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = render(results)
-    if "ot_protocol" in results:
-        table += "\n" + render_ot_protocol(results["ot_protocol"])
-    if "protocol_scale" in results:
-        table += "\n" + render_protocol_scale(results["protocol_scale"])
+        opts = BenchOptions(quick=args.quick, compile=args.compile, ot_threads=args.ot_threads, workdir=Path(tmp))
+        results = run_sections(chosen, opts, header, args.out)
+    table = render_all(results)
     (args.out / "results.md").write_text(table)
     print(table)
+
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,8 @@ from spacil.runs.run_folder import config_digest
 CORE = ["spacil.backbone", "spacil.config", "spacil.data.check", "spacil.data.protocol", "spacil.descriptions",
         "spacil.evaluation", "spacil.features.distributed", "spacil.io", "spacil.methods", "spacil.ot",
         "spacil.runs", "spacil.text.class_phrases", "spacil.text.semantic_tokens", "spacil.training.compare",
-        "spacil.training.harness", "spacil.runs.plots"]
+        "spacil.training.harness", "spacil.runs.plots", "spacil.training.matrix", "spacil.runs.results",
+        "spacil.runs.code_version"]
 
 
 def test_core_modules_do_not_import_the_demo_side():

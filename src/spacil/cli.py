@@ -347,5 +347,11 @@ def describe(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = S
         raise typer.Exit(code=1)
 
 
+from .cli_matrix import matrix as _matrix, results as _results  # noqa: E402  (their own module)
+
+app.command("matrix")(_matrix)
+app.command("results")(_results)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

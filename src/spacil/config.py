@@ -141,6 +141,8 @@ class RunConfig(StrictModel):
     name: str | None = Field(None, description="Run folder name; default <dataset>-<method>-<config hash>, "
                              "so the same command finds the same folder.")
     resume: bool = Field(True, description="Continue an unfinished run of the same config from its last finished task.")
+    overwrite: bool = Field(False, description="Delete this run's existing folder and redo the run (e.g. after a "
+                            "code change: a folder computed by other code is refused otherwise).")
     save_checkpoints: bool = Field(True, description="Per-task trainable state (also what resuming needs).")
     tensorboard: bool = Field(False, description="Also log stage accuracies to <run>/tensorboard (needs spacil[tracking]).")
     plots: bool = True

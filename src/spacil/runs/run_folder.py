@@ -5,6 +5,7 @@
     <output_dir>/<name>/
         config.yaml            resolved config (everything that ran)
         environment.json       versions, git SHA, device
+        code.json              the code that computed it: package version, sha256 of its sources, git commit
         metrics.jsonl          one JSON row per finished stage, appended and fsynced as it happens
                                (with a validation split also val_accuracy, val_per_task, ..., n_val)
         accuracy_matrix.csv    R[t, j] (rewritten atomically after each stage)
@@ -23,6 +24,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Mapping
 
@@ -34,6 +36,7 @@ from ..config import Config, config_to_yaml
 from ..errors import MissingExtraError, MissingFileError, RunFolderError
 from ..evaluation.metrics import IncrementalMetrics, StageResult, stage_row
 from ..io import atomic_path, write_json_atomic, write_text_atomic
+from .code_version import code_difference, code_version
 from .environment import collect_environment
 
 logger = logging.getLogger(__name__)
@@ -115,11 +118,16 @@ class RunFolder:
         """A new run folder, or the unfinished one of the same config and features when ``run.resume`` is on.
 
         ``features`` (split -> feature-cache key) is part of the default name and recorded in
-        ``features.json``; a folder recorded with other features is refused, never silently reused.
+        ``features.json``; a folder recorded with other features or computed by other code (``code.json``)
+        is refused, never silently reused. ``run.overwrite`` deletes the folder first and redoes the run.
         """
         name = config.run.name or default_run_name(config, features)
         path = Path(config.run.output_dir).expanduser() / name
         folder = cls(path, tensorboard=config.run.tensorboard)
+        code = code_version()
+        if config.run.overwrite and (path / "config.yaml").exists():
+            logger.warning("run.overwrite: deleting %s to redo the run", path)
+            shutil.rmtree(path)
         if (path / "config.yaml").exists() and (path / "metrics.jsonl").exists():
             if not config.run.resume:
                 raise RunFolderError(f"run folder {path} already holds results; choose another run.name "
@@ -127,11 +135,13 @@ class RunFolder:
             if folder.config_digest() != config_digest(config):
                 raise RunFolderError(f"run folder {path} holds a run of a different config; choose another run.name")
             folder._check_features(features)
+            folder._check_code(code)
         if folder.finished:
             return folder  # leave a finished run exactly as it is
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_text_atomic(path / "config.yaml", config_to_yaml(config))
         write_json_atomic(path / "environment.json", collect_environment(device))
+        write_json_atomic(path / "code.json", code)
         if features:
             write_json_atomic(path / "features.json", dict(features))
         return folder
@@ -149,6 +159,18 @@ class RunFolder:
         raise RunFolderError(f"run folder {self.path} was computed on other {'/'.join(changed)} images than the "
                              "data now holds (its results would be stale); delete that folder or choose another "
                              "run.name")
+
+    def recorded_code(self) -> dict | None:
+        """The code version the run was computed by (``None`` for runs written before it was recorded)."""
+        path = self.path / "code.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _check_code(self, current: dict) -> None:
+        difference = code_difference(self.recorded_code(), current)
+        if difference is not None:
+            raise RunFolderError(f"run folder {self.path} was computed by other code ({difference}); redo it with "
+                                 "--set run.overwrite=true (spa-cil matrix: --overwrite), or set another "
+                                 "run.output_dir to keep both")
 
     def config_digest(self) -> str:
         from ..config import load_config

@@ -1,0 +1,47 @@
+"""The benchmark cannot rot: its quick mode runs every section, so a section that breaks fails here."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run_benchmarks.py"
+
+
+def _sections() -> list[str]:
+    spec = importlib.util.spec_from_file_location("spacil_benchmarks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return list(module.SECTIONS)
+
+
+def _errors(node, where=""):
+    """Every ``error`` entry anywhere in a section's results (a section reports failures of its parts so)."""
+    if isinstance(node, dict):
+        found = [f"{where}: {node['error']}"] if "error" in node else []
+        for key, value in node.items():
+            found += _errors(value, f"{where}.{key}")
+        return found
+    return []
+
+
+def test_quick_mode_runs_every_section(tmp_path):
+    sections = _sections()
+    assert {"sinkhorn", "ot_overhead", "forwards", "protocol_scale"} <= set(sections)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPT.parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["quick"] is True
+    missing = [name for name in sections if name not in results]
+    assert not missing, f"sections without results: {missing}"
+    assert not _errors({name: results[name] for name in sections})
+    table = (tmp_path / "results.md").read_text()
+    assert table.startswith("QUICK MODE")
+    assert "not measured" not in table.split("\n\n- ")[0]  # every goal row got a value from its section
