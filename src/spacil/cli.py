@@ -115,11 +115,13 @@ def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
         cfg = load_config(config, set_ or [])
         if split not in {"train", "test", "both"}:
             raise UsageError("--split must be train, test or both")
+        # the dataset is checked before the backbone loads: a wrong key or folder fails in seconds
+        sources = {name: load_split(cfg.data.dataset, name, cfg.data.root, cfg.data.download)
+                   for name in (["train", "test"] if split == "both" else [split])}
         backbone = load_backbone(cfg.backbone.name, cfg.backbone.checkpoint, rank_device(cfg.backbone.device),
                                  cfg.backbone.precision, cfg.data.resize)
         cache = FeatureCache(cfg.cache.root, verify=cfg.cache.verify, dtype=cfg.cache.dtype)
-        for name in (["train", "test"] if split == "both" else [split]):
-            source = load_split(cfg.data.dataset, name, cfg.data.root, cfg.data.download)
+        for name, source in sources.items():
             feats = get_features_distributed(source, backbone, cache, cfg.backbone.batch_size,
                                              cfg.backbone.num_workers, cfg.data.bad_images,
                                              progress and (env is None or env.rank == 0))
