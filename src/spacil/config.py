@@ -64,7 +64,15 @@ class DataConfig(StrictModel):
     def _absolute_root(cls, v: Path | None) -> Path | None:
         """Stored absolute, so a run folder's config.yaml finds the data from any working directory
         (``spa-cil eval <run>`` elsewhere); the run hash leaves ``data.root`` out, so this changes no run key."""
-        return None if v is None else Path(v).expanduser().absolute()
+        return absolute_path(v)
+
+
+def absolute_path(path: Path | None) -> Path | None:
+    """A relative path made absolute against the working directory; ``~/...`` is kept as typed, so a run folder
+    moved to another machine (another home) still finds that machine's folder."""
+    if path is None or str(path).startswith("~") or Path(path).is_absolute():
+        return path
+    return Path(path).absolute()
 
 
 class CacheConfig(StrictModel):
@@ -78,6 +86,12 @@ class CacheConfig(StrictModel):
     dtype: Literal["float16", "float32"] = Field(
         "float16", description="Storage of the cached features: float16 halves disk and memory (ViT-B/16 patch "
         "tokens of CIFAR-100: ~12 GB); float32 keeps the encoder's output exactly.")
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, v: Path) -> Path:
+        """Absolute for the same reason as ``data.root`` (result-neutral, so no run key changes)."""
+        return absolute_path(v)
 
 
 class TextConfig(StrictModel):
