@@ -7,7 +7,10 @@ Accuracy says whether the method wins; these say whether the patch branch does w
   of part patches among all patches (reported beside it);
 * **phrase-assignment accuracy**: of the transport mass leaving patches of part X, the share that goes
   to the phrase describing part X (chance is about one over the number of phrases);
-* **patch-branch accuracy**: top-1 of the patch-level score alone over all classes.
+* **patch-branch accuracy**: top-1 of the patch-level score alone over all classes;
+* **phrases naming a part**: share of the phrases the learner used that are one of their class's ground-truth
+  part phrases. Phrases of a user's own description file are matched by text; one that names no part maps to
+  no component, so its transport mass never counts as reaching the right part.
 
 A patch belongs to a part when that part covers at least ``min_fraction`` of its pixels (parts beat the
 body behind them), else to its majority component; the same rule labelled patches for pretraining.
@@ -21,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .classes import ClassSpec
+from .classes import ClassSpec, class_descriptions
 from .dataset import generate_item_layers
 from .render import RenderConfig, component_names
 
@@ -64,6 +67,25 @@ def phrase_components(spec: ClassSpec) -> list[str]:
     return ["body", "body", *[kind for kind, _ in spec.parts.present_parts()]]
 
 
+#: What a phrase maps to when it is not one of its class's ground-truth phrases (a user's own descriptions):
+#: no component, so transport mass sent to it never counts as reaching the right part.
+NO_PART = "none"
+
+
+def _phrase_key(phrase: str) -> str:
+    return " ".join(phrase.lower().split())
+
+
+def used_phrase_components(spec: ClassSpec, phrases: Sequence[str]) -> list[str]:
+    """Component behind each phrase the learner actually used for the class, matched by text.
+
+    The shipped parts-world descriptions are the ground-truth phrases (so this equals :func:`phrase_components`);
+    a phrase of any other description file that is not one of them names no part (:data:`NO_PART`).
+    """
+    truth = dict(zip(map(_phrase_key, class_descriptions(spec)), phrase_components(spec)))
+    return [truth.get(_phrase_key(p), NO_PART) for p in phrases]
+
+
 def selection_precision(selected: np.ndarray, components: np.ndarray) -> float:
     """Share of selected patches ``[n, k]`` (patch indices) that lie on a local part."""
     return float(_is_part()[np.take_along_axis(components, selected, axis=1)].mean())
@@ -103,6 +125,7 @@ class Mechanism:
     random_precision: float
     phrase_assignment: float
     patch_accuracy: float
+    part_phrase_share: float = float("nan")  # share of the used phrases that name one of their class's parts
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -128,12 +151,14 @@ def measure_mechanism(learner, patches: torch.Tensor, labels: torch.Tensor, comp
             own_plans.append(plan[rows, y].cpu().numpy())
     selected = np.concatenate(own_index)
     phrase_acc = float("nan")
+    kinds_of = [used_phrase_components(class_specs[c], sem.phrases[c]) for c in range(n_seen)]
     if own_plans:
         token_kinds = []
         for c in labels.tolist():
-            kinds = phrase_components(class_specs[c])
             n_valid = int(sem.mask[c].sum())
-            token_kinds.append([kinds[int(sem.token_phrase[c, n])] for n in range(n_valid)])
+            token_kinds.append([kinds_of[c][int(sem.token_phrase[c, n])] for n in range(n_valid)])
         phrase_acc = phrase_assignment_accuracy(np.concatenate(own_plans), selected, components, token_kinds)
+    used = [k for kinds in kinds_of for k in kinds]
+    part_share = float(np.mean([k not in NON_PART and k != NO_PART for k in used])) if used else float("nan")
     return Mechanism(selection_precision(selected, components), random_precision(components), phrase_acc,
-                     100.0 * correct / len(labels))
+                     100.0 * correct / len(labels), part_share)
