@@ -8,6 +8,7 @@ typo in a hyperparameter is the worst kind of irreproducibility.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import typing
 from importlib import resources
@@ -72,7 +73,7 @@ def absolute_path(path: Path | None) -> Path | None:
     moved to another machine (another home) still finds that machine's folder."""
     if path is None or str(path).startswith("~") or Path(path).is_absolute():
         return path
-    return Path(path).absolute()
+    return Path(os.path.abspath(path))  # normalises "..", unlike Path.absolute
 
 
 class CacheConfig(StrictModel):
