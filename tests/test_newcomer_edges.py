@@ -289,3 +289,27 @@ def test_cars_folders_spelt_with_spaces_are_refused(tmp_path):
             Image.new("RGB", (4, 4)).save(tmp_path / split / name / "a.png")
     with pytest.raises(SpacilError, match=r"another label order.*Audi_TTS_Coupe_2012"):
         load_split("cars", "train", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------- the README
+ROOT = Path(__file__).resolve().parents[1]
+PAGES_WRITTEN_ELSEWHERE = {"docs/gpu.md", "docs/methods.md", "docs/matrix.md", "docs/performance.md"}
+
+
+def test_readme_is_short_with_setup_and_caveats_first_and_links_that_resolve():
+    import re
+
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 200
+    first = "\n".join(lines[:60])
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    test_command = ci.split("&&", 1)[1].strip() if ci.startswith("cd ") else ci
+    assert test_command in first  # CI runs exactly the README's test command
+    assert "python -m pip install -e . && spa-cil demo" in first and "git clone" in first
+    for caveat in ("No real-protocol numbers yet", "written by hand", "Exemplars", "synthetic"):
+        assert caveat in first, caveat
+    assert "<!-- partsworld-results:start -->" in first  # the block scripts/partsworld_results.py rewrites
+    links = set(re.findall(r"\]\(((?:docs/)[^)#]+)", "\n".join(lines)))
+    assert {"docs/method.md", "docs/results.md", "docs/protocol.md", "docs/layout.md", "docs/benchmarks.md"} <= links
+    missing = sorted(l for l in links if not (ROOT / l).is_file() and l not in PAGES_WRITTEN_ELSEWHERE)
+    assert not missing, missing
