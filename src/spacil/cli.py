@@ -141,7 +141,7 @@ def eval_(run_dir: Path = typer.Argument(..., help="A run folder written by `spa
 def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = SetOption,
             split: str = typer.Option("both", help="train, test or both."),
             progress: Optional[bool] = ProgressOption,
-          verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
+            verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """Encode a dataset once with the frozen backbone and store the features in the cache.
 
     Under `torchrun --nproc_per_node=N` the images are sharded across processes (one per GPU) and merged
@@ -189,7 +189,7 @@ def compare(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
             seeds: str = typer.Option("1993", help="Comma-separated training seeds; >1 gives mean ± std."),
             output: Path = typer.Option(Path("runs/comparison"), help="Folder for the table and the runs."),
             progress: Optional[bool] = ProgressOption,
-          verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
+            verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """Run methods and ablations on the same cached features and write one comparison table."""
     _configure_logging(verbose, quiet)
     progress = _bars(progress)
@@ -219,7 +219,7 @@ def demo(output: Path = typer.Option(Path("spacil-demo"), help="Report folder (d
          world_seed: int = typer.Option(0, help="Data seed of parts world (class design and rendering)."),
          set_: Optional[List[str]] = SetOption,
          progress: Optional[bool] = ProgressOption,
-          verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
+         verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """The built-in default: SPA vs baselines and ablations on parts world, with a report folder."""
     _configure_logging(verbose, quiet)
     progress = _bars(progress)
@@ -251,7 +251,7 @@ def data_check(path: Path = typer.Argument(..., help="Dataset folder (root/train
                quick: bool = typer.Option(False, help="Skip opening every image."),
                workers: int = typer.Option(4, min=1, help="Threads that open images."),
                progress: Optional[bool] = ProgressOption,
-          verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
+               verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """Validate a dataset folder: classes, images per split, empty, non-image and unreadable files; one screen."""
     _configure_logging(verbose, quiet)
     progress = _bars(progress)
@@ -355,7 +355,7 @@ def describe(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = S
              timeout: float = typer.Option(120.0, help="Seconds per request."),
              skip_failed: bool = typer.Option(False, help="Go on after a class fails (the file is then not written)."),
              progress: Optional[bool] = ProgressOption,
-          verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
+             verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """Generate class-wise descriptions from representative and diverse images with a multimodal LLM."""
     _configure_logging(verbose, quiet)
     progress = _bars(progress)
