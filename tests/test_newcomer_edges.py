@@ -240,6 +240,17 @@ def test_demo_with_own_descriptions_reports_the_mechanism(tmp_path):
     assert "Phrases naming a part" in (out / "report.md").read_text()
 
 
+def test_phrases_map_to_parts_by_text():
+    from spacil.partsworld import class_descriptions, make_class_specs
+    from spacil.partsworld.mechanism import NO_PART, phrase_components, used_phrase_components
+
+    spec = make_class_specs(4, 1)[2]
+    truth = class_descriptions(spec)
+    assert used_phrase_components(spec, truth) == phrase_components(spec)  # shipped phrases: as before
+    own = ["a small creature", truth[-1].upper(), "seen from the side"]
+    assert used_phrase_components(spec, own) == [NO_PART, phrase_components(spec)[-1], NO_PART]
+
+
 # ---------------------------------------------------------------------------------------- Cars label order
 # The first 25 labels of Cars in the LAMDA label list: the 100 protocol classes sorted by their
 # underscore-joined folder names ('Audi_TTS_Coupe_2012' < 'Audi_TT_Hatchback_2011' because 'S' < '_').
