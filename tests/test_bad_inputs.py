@@ -44,7 +44,8 @@ def assert_short_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
 
 
 def overrides(data: Path, tmp_path: Path, method: str = "simplecil", *extra: str) -> list[str]:
-    return [f"data.root={data}", "data.init_cls=2", "data.increment=2", f"cache.root={tmp_path / 'cache'}",
+    return ["backbone.name=tiny-test", f"data.root={data}", "data.init_cls=2", "data.increment=2",
+            f"cache.root={tmp_path / 'cache'}",
             f"run.output_dir={tmp_path / 'runs'}", f"method.name={method}", "backbone.num_workers=0",
             "train.epochs=1", "run.plots=false", *extra]
 

@@ -17,7 +17,8 @@ def test_info_lists_what_exists():
 def test_bad_config_key_is_one_line_error():
     result = runner.invoke(app, ["train", "--set", "train.epochz=3"])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == ["error: invalid config: unknown key 'train.epochz'"]
+    assert result.output.strip().splitlines() == [
+        "error: invalid config: unknown key 'train.epochz' (did you mean 'train.epochs'?)"]
 
 
 def test_bad_dataset_path_is_one_line_error(tmp_path):
@@ -38,7 +39,8 @@ def test_describe_without_api_key_is_one_line_error(image_folder, tmp_path, monk
 
 
 def test_train_then_eval(image_folder, tmp_path):
-    common = ["--set", f"data.root={image_folder}", "--set", "data.init_cls=2", "--set", "data.increment=2",
+    common = ["--set", "backbone.name=tiny-test", "--set", f"data.root={image_folder}", "--set", "data.init_cls=2",
+              "--set", "data.increment=2",
               "--set", f"cache.root={tmp_path / 'cache'}", "--set", "backbone.num_workers=0"]
     result = runner.invoke(app, ["train", *common, "--set", "method.name=simplecil",
                                  "--set", f"run.output_dir={tmp_path / 'runs'}",

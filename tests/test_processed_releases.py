@@ -30,12 +30,15 @@ def lines(name: str) -> list[str]:
 
 
 # dataset -> (class file, classes used, {release folder name: our class name}) built from the shipped files
-# by the release's own naming: CUB keeps 'NNN.' prefixes, ImageNet-R WordNet ids, the rest class names.
+# by the release's own naming: CUB keeps 'NNN.' prefixes, ImageNet-R WordNet ids, Cars underscores for spaces,
+# the rest class names.
 def release_folders(key: str) -> dict[str, str]:
     if key == "cub200":
         return {f"{i + 1:03d}.{n}": n for i, n in enumerate(lines("cub200.txt"))}
     if key == "imagenet_r":
         return dict(zip(lines("imagenet_r_wnids.txt"), lines("imagenet_r.txt")))
+    if key == "cars":
+        return {n.replace(" ", "_"): n for n in lines("cars.txt")[:100]}
     file, used = {"objectnet": ("objectnet.txt", 200), "aircraft": ("aircraft.txt", 100),
                   "cars": ("cars.txt", 100), "food101": ("food101.txt", 100), "ucf101": ("ucf101.txt", 100),
                   "sun397": ("sun397_merged.txt", 300)}[key]
@@ -51,7 +54,7 @@ FIRST_CLASSES = {
     "objectnet": ["notebook", "leaf", "chair", "bathrobe", "pencil"],
     "aircraft": ["ERJ 135", "DC-9-30", "Fokker 70", "737-800", "A318"],
     "cars": ["Chevrolet Silverado 1500 Hybrid Crew Cab 2012", "Chevrolet Corvette Convertible 2012",
-             "Chrysler PT Cruiser Convertible 2008", "Aston Martin V8 Vantage Coupe 2012", "Audi TTS Coupe 2012"],
+             "Chrysler PT Cruiser Convertible 2008", "Aston Martin V8 Vantage Coupe 2012", "Audi TT RS Coupe 2012"],
     "food101": ["onion_rings", "huevos_rancheros", "poutine", "bread_pudding", "churros"],
     "ucf101": ["Pommel_Horse", "Parallel_Bars", "Shotput", "Basketball_Dunk", "Cricket_Shot"],
     "sun397": ["home_office", "motel", "forest", "skatepark", "closet"],

@@ -415,7 +415,7 @@ def test_convert_objectnet_aircraft_sun_cars(tmp_path, monkeypatch):
     assert summary["counts"] == {"train": 6, "test": 4}
     source = load_protocol_split("cars", "train", tmp_path / "cars_out")
     assert source.class_names == ["AM General Hummer SUV 2000", "Acura RL Sedan 2012"]
-    assert source.sample_id(0) == "train/AM General Hummer SUV 2000/00000.jpg"
+    assert source.sample_id(0) == "train/AM_General_Hummer_SUV_2000/00000.jpg"  # LAMDA spelling
 
 
 def test_protocol_module_has_no_global_state_between_tests():

@@ -15,7 +15,7 @@ from spacil.training.harness import prepare_data, run_experiment
 
 
 def _overrides(image_folder, tmp_path, method):
-    return [f"data.root={image_folder}", "data.init_cls=1", "data.increment=1",
+    return ["backbone.name=tiny-test", f"data.root={image_folder}", "data.init_cls=1", "data.increment=1",
             f"cache.root={tmp_path / 'cache'}", f"run.output_dir={tmp_path / 'runs'}", f"method.name={method}",
             "backbone.num_workers=0", "train.epochs=2", "run.plots=false"]
 

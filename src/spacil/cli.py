@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -23,10 +24,49 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 USER_ERRORS: tuple[type[BaseException], ...] = (SpacilError,)
 MAX_MESSAGE_LINES = 8  # a description file's first violations, not a screenful
 
-_STATE = {"verbose": False}
+_STATE = {"verbose": False, "quiet": False}
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Preset name (see `spa-cil info`) or path to a YAML file.")
 SetOption = typer.Option(None, "--set", "-s", help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+# -v / -q are accepted before the command (spa-cil -v train) and after it (spa-cil train -v)
+VerboseOption = typer.Option(False, "--verbose", "-v", help="Debug logging and full tracebacks.")
+QuietOption = typer.Option(False, "--quiet", "-q", help="Warnings and errors only.")
+ProgressOption = typer.Option(None, "--progress/--no-progress",
+                              help="Progress bars (default: only when stderr is a terminal, so a log file gets no "
+                                   "carriage returns).")
+
+
+def _root_chatter(record: logging.LogRecord) -> bool:
+    """open_clip logs chatter on the root logger (INFO) and a random-init notice (WARNING): hidden unless -v."""
+    return _STATE["verbose"] or record.name != "root" or record.levelno > logging.WARNING
+
+
+def _configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Merge the flags given before and after the command and set the root level (the only logging set-up)."""
+    _STATE["verbose"] = _STATE["verbose"] or verbose
+    _STATE["quiet"] = (_STATE["quiet"] or quiet) and not _STATE["verbose"]
+    level = logging.DEBUG if _STATE["verbose"] else logging.WARNING if _STATE["quiet"] else logging.INFO
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    root.setLevel(level)
+    for handler in root.handlers:
+        if _root_chatter not in handler.filters:
+            handler.addFilter(_root_chatter)
+
+
+def _bars(progress: Optional[bool]) -> bool:
+    """Progress bars when asked, else only on a terminal: tqdm's carriage returns garble log files."""
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _require_config(command: str, config: Optional[str], overrides: list[str]) -> None:
+    """Without -c the schema defaults would run the random-weights test backbone: refuse unless it is named."""
+    if config is None and not any(o.strip().startswith("backbone.name=") for o in overrides):
+        raise UsageError(f"`spa-cil {command}` needs a config: -c PRESET (e.g. -c partsworld_demo or "
+                         "-c cifar100_b0_inc10; `spa-cil info` lists them) or -c path/to/config.yaml; without one "
+                         "the defaults would use random weights, so to do that on purpose pass "
+                         "--set backbone.name=tiny-test")
 
 
 def _fail(exc: BaseException, where: str = "") -> None:
@@ -48,31 +88,30 @@ def _seeds(text: str) -> list[int]:
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging and full tracebacks."),
-         quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only.")) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    _STATE["verbose"] = verbose
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if not verbose:  # open_clip logs chatter on the root logger (INFO) and a random-init notice (WARNING)
-        logging.getLogger().handlers[0].addFilter(
-            lambda r: r.name != "root" or (r.levelno > logging.WARNING)
-        )
+def main(verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
+    _STATE["verbose"], _STATE["quiet"] = verbose, quiet
+    _configure_logging()
 
 
 @app.command()
 def train(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = SetOption,
-          progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+          progress: Optional[bool] = ProgressOption,
+          verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """Train and evaluate a method over all tasks of a scenario; writes a run folder."""
+    _configure_logging(verbose, quiet)
+    progress = _bars(progress)
     from .training.harness import run_experiment
 
     try:
         cfg = load_config(config, set_ or [])
+        _require_config("train", config, set_ or [])
         result = run_experiment(cfg, progress=progress)
     except USER_ERRORS as exc:
         _fail(exc)
     s = result.summary
+    forgot = "-" if s.get("forgetting") is None else f"{s['forgetting']:.2f}"  # None with a single task
     typer.echo(f"average accuracy {s['average_accuracy']:.2f}  last accuracy {s['last_accuracy']:.2f}  "
-               f"stages {['%.1f' % a for a in s['stage_accuracies']]}")
+               f"forgetting {forgot}  stages {['%.1f' % a for a in s['stage_accuracies']]}")
     if s.get("val_average_accuracy") is not None:
         typer.echo(f"validation: average accuracy {s['val_average_accuracy']:.2f}  "
                    f"last accuracy {s['val_last_accuracy']:.2f}  ({s['n_validation_images']} held-out training images)")
@@ -81,8 +120,11 @@ def train(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = SetO
 
 @app.command("eval")
 def eval_(run_dir: Path = typer.Argument(..., help="A run folder written by `spa-cil train`."),
-          progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+          progress: Optional[bool] = ProgressOption,
+          verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """Re-evaluate a finished run from its config and per-task checkpoints."""
+    _configure_logging(verbose, quiet)
+    progress = _bars(progress)
     from .runs import read_metrics
     from .training.harness import evaluate_run
 
@@ -102,12 +144,15 @@ def eval_(run_dir: Path = typer.Argument(..., help="A run folder written by `spa
 @app.command()
 def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = SetOption,
             split: str = typer.Option("both", help="train, test or both."),
-            progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+            progress: Optional[bool] = ProgressOption,
+            verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """Encode a dataset once with the frozen backbone and store the features in the cache.
 
     Under `torchrun --nproc_per_node=N` the images are sharded across processes (one per GPU) and merged
     into the same cache entry a single process writes.
     """
+    _configure_logging(verbose, quiet)
+    progress = _bars(progress)
     from .backbone import load_backbone
     from .data.catalog import load_split
     from .features import FeatureCache
@@ -117,13 +162,16 @@ def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
     rank = f"rank {env.rank}/{env.world_size}" if env else ""
     try:
         cfg = load_config(config, set_ or [])
+        _require_config("extract", config, set_ or [])
         if split not in {"train", "test", "both"}:
             raise UsageError("--split must be train, test or both")
+        # the dataset is checked before the backbone loads: a wrong key or folder fails in seconds
+        sources = {name: load_split(cfg.data.dataset, name, cfg.data.root, cfg.data.download)
+                   for name in (["train", "test"] if split == "both" else [split])}
         backbone = load_backbone(cfg.backbone.name, cfg.backbone.checkpoint, rank_device(cfg.backbone.device),
                                  cfg.backbone.precision, cfg.data.resize)
         cache = FeatureCache(cfg.cache.root, verify=cfg.cache.verify, dtype=cfg.cache.dtype)
-        for name in (["train", "test"] if split == "both" else [split]):
-            source = load_split(cfg.data.dataset, name, cfg.data.root, cfg.data.download)
+        for name, source in sources.items():
             feats = get_features_distributed(source, backbone, cache, cfg.backbone.batch_size,
                                              cfg.backbone.num_workers, cfg.data.bad_images,
                                              progress and (env is None or env.rank == 0))
@@ -144,12 +192,16 @@ def compare(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
                                                    "default: every method's default variants)."),
             seeds: str = typer.Option("1993", help="Comma-separated training seeds; >1 gives mean ± std."),
             output: Path = typer.Option(Path("runs/comparison"), help="Folder for the table and the runs."),
-            progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+            progress: Optional[bool] = ProgressOption,
+            verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """Run methods and ablations on the same cached features and write one comparison table."""
+    _configure_logging(verbose, quiet)
+    progress = _bars(progress)
     from .training.compare import comparison_markdown, run_comparison
 
     try:
         cfg = load_config(config, set_ or [])
+        _require_config("compare", config, set_ or [])
         names = [v.strip() for v in variants.split(",") if v.strip()] if variants else default_variants()
         seed_list = _seeds(seeds)
         rows = run_comparison(cfg, names, seed_list, output, progress=progress)
@@ -175,8 +227,11 @@ def demo(output: Path = typer.Option(Path("spacil-demo"), help="Report folder (d
                                                        "(e.g. miss_rate=0.4, guidance=random); repeatable."),
          ablations: bool = typer.Option(True, help="Also run the description ablations (guidance, error rates)."),
          set_: Optional[List[str]] = SetOption,
-         progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+         progress: Optional[bool] = ProgressOption,
+         verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """The built-in default: SPA vs baselines and ablations on parts world, with a report folder."""
+    _configure_logging(verbose, quiet)
+    progress = _bars(progress)
     from .partsworld.demo import DemoSettings, run_demo
     from .training.compare import comparison_markdown
 
@@ -214,8 +269,11 @@ def data_check(path: Path = typer.Argument(..., help="Dataset folder (root/train
                                            help="Dataset key (see `spa-cil info`); default: a generic image folder."),
                quick: bool = typer.Option(False, help="Skip opening every image."),
                workers: int = typer.Option(4, min=1, help="Threads that open images."),
-               progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+               progress: Optional[bool] = ProgressOption,
+               verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """Validate a dataset folder: classes, images per split, empty, non-image and unreadable files; one screen."""
+    _configure_logging(verbose, quiet)
+    progress = _bars(progress)
     from .data.check import check_dataset
     from .data.folder_check import check_image_folder
 
@@ -238,8 +296,10 @@ def data_convert(dataset: str = typer.Argument(..., help="cub200, food101, image
                  link: str = typer.Option("hardlink", help="hardlink, copy or symlink."),
                  seed: int = typer.Option(1993, help="Split seed (ImageNet-R, ObjectNet)."),
                  test_fraction: float = typer.Option(0.2, help="Test share per class (ImageNet-R, ObjectNet)."),
-                 partition: int = typer.Option(1, help="SUN397 partition number (1..10).")) -> None:
+                 partition: int = typer.Option(1, help="SUN397 partition number (1..10)."),
+                 verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """Convert an official dataset release into the train/test folder layout of the protocol."""
+    _configure_logging(verbose, quiet)
     from .data.convert import convert
 
     try:
@@ -256,8 +316,9 @@ def data_convert(dataset: str = typer.Argument(..., help="cub200, food101, image
 
 
 @app.command()
-def info() -> None:
+def info(verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """List backbones, datasets, presets, shipped class orders, methods and their variants."""
+    _configure_logging(verbose, quiet)
     from .backbone.registry import ALIASES
     from .data.catalog import list_datasets
     from .data.scenario import shipped_class_order_datasets
@@ -313,8 +374,11 @@ def describe(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = S
              max_attempts: int = typer.Option(5, min=1, help="Tries per class (backoff on 429, timeouts, 5xx)."),
              timeout: float = typer.Option(120.0, help="Seconds per request."),
              skip_failed: bool = typer.Option(False, help="Go on after a class fails (the file is then not written)."),
-             progress: bool = typer.Option(True, help="Show progress bars.")) -> None:
+             progress: Optional[bool] = ProgressOption,
+             verbose: bool = VerboseOption, quiet: bool = QuietOption) -> None:
     """Generate class-wise descriptions from representative and diverse images with a multimodal LLM."""
+    _configure_logging(verbose, quiet)
+    progress = _bars(progress)
     from .descriptions.generator import GenerationParameters
     from .descriptions.pipeline import DescribeSettings, describe_dataset
 

@@ -8,15 +8,20 @@ typo in a hyperparameter is the worst kind of irreproducibility.
 from __future__ import annotations
 
 import copy
+import os
+import re
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
+from .errors import MissingFileError
 from .methods import list_methods
 from .schema import ConfigError, StrictModel
+from .suggest import did_you_mean
 
 
 
@@ -62,6 +67,21 @@ class DataConfig(StrictModel):
         0, description="Which training images are held out (ranked per class by a hash of this seed and the "
         "image's id; independent of train.seed so every training seed sees the same split).")
 
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, v: Path | None) -> Path | None:
+        """Stored absolute, so a run folder's config.yaml finds the data from any working directory
+        (``spa-cil eval <run>`` elsewhere); the run hash leaves ``data.root`` out, so this changes no run key."""
+        return absolute_path(v)
+
+
+def absolute_path(path: Path | None) -> Path | None:
+    """A relative path made absolute against the working directory; ``~/...`` is kept as typed, so a run folder
+    moved to another machine (another home) still finds that machine's folder."""
+    if path is None or str(path).startswith("~") or Path(path).is_absolute():
+        return path
+    return Path(os.path.abspath(path))  # normalises "..", unlike Path.absolute
+
 
 class CacheConfig(StrictModel):
     """Where frozen features are stored so the encoder runs once per image."""
@@ -74,6 +94,12 @@ class CacheConfig(StrictModel):
     dtype: Literal["float16", "float32"] = Field(
         "float16", description="Storage of the cached features: float16 halves disk and memory (ViT-B/16 patch "
         "tokens of CIFAR-100: ~12 GB); float32 keeps the encoder's output exactly.")
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, v: Path) -> Path:
+        """Absolute for the same reason as ``data.root`` (result-neutral, so no run key changes)."""
+        return absolute_path(v)
 
 
 class TextConfig(StrictModel):
@@ -189,16 +215,21 @@ def list_presets() -> list[str]:
 
 def _read_yaml(source: str | Path) -> dict[str, Any]:
     """Read a preset name or a YAML file path into a dict."""
-    path = Path(source)
-    if path.suffix in {".yaml", ".yml"} or path.exists():
+    path = Path(source).expanduser()
+    if _looks_like_path(str(source)) or path.exists():
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise MissingFileError(f"config file not found: {path} ({'a folder' if path.is_dir() else 'no such file'}, "
+                                   f"looked from {Path.cwd()}); give the path of a YAML file, or a preset name "
+                                   "(`spa-cil info` lists them)")
         text = path.read_text()
     else:
         name = str(source)
         preset = resources.files(PRESET_PACKAGE) / f"{name}.yaml"
         if not preset.is_file():
-            raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(list_presets())}")
+            hint = did_you_mean(name, list_presets())
+            raise ConfigError(f"unknown preset {name!r}{hint}; "
+                              + ("`spa-cil info` lists the presets" if hint else f"presets: {', '.join(list_presets())}")
+                              + " (a config file is given by its path, e.g. ./my.yaml)")
         text = preset.read_text()
     try:
         data = yaml.safe_load(text) or {}
@@ -210,6 +241,11 @@ def _read_yaml(source: str | Path) -> dict[str, Any]:
     if base is not None:
         data = deep_merge(_read_yaml(base), data)
     return data
+
+
+def _looks_like_path(source: str) -> bool:
+    """A file path rather than a preset name: it names a folder or has a suffix (presets are bare words)."""
+    return "/" in source or "\\" in source or Path(source).suffix != "" or source.startswith("~")
 
 
 def _yaml_error_line(source: str | Path, exc: yaml.YAMLError) -> str:
@@ -267,10 +303,30 @@ def _format_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{loc}'")
+            siblings = _field_names(Config, err["loc"][:-1])
+            hint = did_you_mean(str(err["loc"][-1]), siblings)
+            if hint and len(err["loc"]) > 1:  # name the whole dotted key, as it would be typed in --set
+                hint = hint.replace("'", f"'{'.'.join(map(str, err['loc'][:-1]))}.", 1)
+            problems.append(f"unknown key '{loc}'{hint}")
+        elif err["type"] == "literal_error" and isinstance(err.get("input"), str):
+            choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+            problems.append(f"{loc}: {err['msg']}{did_you_mean(err['input'], choices)}")
         else:
             problems.append(f"{loc}: {err['msg']}")
     return "invalid config: " + "; ".join(problems)
+
+
+def _field_names(model: Any, loc: tuple) -> list[str]:
+    """The field names of the config section at ``loc`` (``("train",)`` -> TrainConfig's), or [] if unknown."""
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
 
 
 def build_config(data: dict[str, Any]) -> Config:

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import MissingFileError, UsageError
+from ..suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ def resolve_backbone(name: str, checkpoint: Path | str | None = None) -> Backbon
         spec = BackboneSpec(name, arch, None if tag == "random" else tag, "user-specified open_clip model")
     else:
         known = ", ".join(sorted(ALIASES))
-        raise UsageError(f"unknown backbone {name!r}; use one of {known}, or ARCH@TAG / ARCH@/path/to/weights")
+        raise UsageError(f"unknown backbone {name!r}{did_you_mean(name, ALIASES)}; use one of {known}, "
+                         "or ARCH@TAG / ARCH@/path/to/weights")
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..suggest import did_you_mean
 from .datasets import DatasetError, ImageFolderSource, ImageSource, default_root
 from .protocol import PROTOCOL_DATASETS, load_protocol_split, protocol_datasets
 
@@ -23,7 +24,8 @@ def load_split(dataset: str, split: str, root: Path | str | None = None, downloa
         if not base.is_dir():
             raise DatasetError(f"{dataset}: dataset folder {base} does not exist")
         return ImageFolderSource(base, split, dataset=dataset)
-    raise DatasetError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(list_datasets()))}")
+    raise DatasetError(f"unknown dataset {dataset!r}{did_you_mean(dataset, list_datasets())} in data.dataset; "
+                       f"known: {', '.join(sorted(list_datasets()))}")
 
 
 #: Datasets read from a generic image-folder layout.

@@ -54,7 +54,9 @@ class ProtocolDataset:
     expected_total: int | None = None  # train + test, when only the total is fixed
     image_folder: bool = True  # False: loaded by torchvision (CIFAR-100)
     # How the processed release names its class folders: "name" (the class-list line, spaces or
-    # underscores), "numbered" (CUB's 'NNN.Name', NNN = line number) or "wnid" (ImageNet-R's WordNet ids).
+    # underscores), "underscore" (the class-list line with its spaces replaced by '_', which sorts
+    # otherwise: 'Audi_TTS' < 'Audi_TT_' since 'S' < '_'), "numbered" (CUB's 'NNN.Name', NNN = line number)
+    # or "wnid" (ImageNet-R's WordNet ids).
     release_folders: str = "name"
     # True where the sorted order of the folders changes with their spelling (spaces vs underscores)
     # and we have not seen the release's spelling: a differing order is then followed with a warning
@@ -81,9 +83,11 @@ PROTOCOL_DATASETS: dict[str, ProtocolDataset] = {
         ProtocolDataset("aircraft", "FGVC-Aircraft (variants)", 100, "aircraft.txt", 100, 6_667, 3_333,
                         spelling_unknown=True),
         # Stanford Cars devkit: 8,144 train / 8,041 test over 196 classes; the per-class counts of the
-        # first 100 classes are not something we can vouch for, so they are not checked.
+        # first 100 classes are not something we can vouch for, so they are not checked. The LAMDA label
+        # list orders the classes as their underscore-joined folder names sort (Audi_TTS_Coupe_2012 before
+        # Audi_TT_Hatchback_2011), so folders are spelt that way and other spellings are refused.
         ProtocolDataset("cars", "Stanford Cars (100 of 196)", 100, "cars.txt", 196, None, None,
-                        spelling_unknown=True),
+                        release_folders="underscore"),
         # Food-101 meta/train.txt, meta/test.txt: exactly 750 / 250 images per class -> 100 classes.
         ProtocolDataset("food101", "Food-101 (100 of 101)", 100, "food101.txt", 101, 75_000, 25_000),
         # UCF-101 split 1 (trainlist01 / testlist01): 9,537 / 3,783 videos for all 101 classes; the counts
@@ -153,6 +157,8 @@ def release_folder_names(key: str) -> list[str]:
     if spec.release_folders == "wnid":
         wnids = [line for line in _read_class_file("imagenet_r_wnids.txt")]
         return wnids[: spec.n_classes]
+    if spec.release_folders == "underscore":
+        return [name.replace(" ", "_") for name in names]
     return names
 
 

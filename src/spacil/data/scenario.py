@@ -118,7 +118,9 @@ class Scenario:
 def task_sizes_for(n_classes: int, init_cls: int, increment: int) -> list[int]:
     """``[init_cls, increment, increment, ..., remainder]`` covering ``n_classes``."""
     if init_cls > n_classes:
-        raise ScenarioError(f"init_cls={init_cls} exceeds the dataset's {n_classes} classes")
+        raise ScenarioError(f"data.init_cls={init_cls} exceeds the dataset's {n_classes} classes; set data.init_cls "
+                            f"(and data.increment) to at most {n_classes}, e.g. --set data.init_cls={max(1, n_classes // 2)} "
+                            f"--set data.increment={max(1, n_classes // 2)}")
     if init_cls < 1 or increment < 1:
         raise ScenarioError("init_cls and increment must be positive")
     sizes = [init_cls]

@@ -306,11 +306,12 @@ def load_shipped(dataset_key: str) -> DescriptionSet:
     return parse_description_text(text, source, dataset_key)
 
 
-def fallback_phrases(class_names: Sequence[str], templates: Sequence[str]) -> dict[str, list[str]]:
+def fallback_phrases(class_names: Sequence[str], templates: Sequence[str], warn: bool = True) -> dict[str, list[str]]:
     """Prompt-template phrases (``"a photo of a {}."``) for classes that have no description.
 
-    Logs one warning naming all of them, so a run never silently trains on templates instead of descriptions.
-    The result keeps the order of ``class_names``.
+    Logs one warning naming all of them, so a run never silently trains on templates instead of descriptions
+    (``warn=False`` where the caller has already said so in its own words). The result keeps the order of
+    ``class_names``.
     """
     if not templates:
         raise ValueError("fallback_phrases needs at least one prompt template")
@@ -320,6 +321,7 @@ def fallback_phrases(class_names: Sequence[str], templates: Sequence[str]) -> di
     names = list(dict.fromkeys(class_names))
     if not names:
         return {}
-    logger.warning("no description for %d class(es), using prompt templates instead: %s",
-                   len(names), ", ".join(names))
+    if warn:
+        logger.warning("no description for %d class(es), using prompt templates instead: %s",
+                       len(names), ", ".join(names))
     return {name: [template.format(name) for template in templates] for name in names}

@@ -32,7 +32,7 @@ from ..backbone import FrozenCLIP
 from ..data.datasets import DatasetError, ImageSource
 from ..io import compact_array, new_array, write_json_atomic
 from .cache import CacheError, FeatureCache, FeatureSet, feature_key
-from .extract import feature_key_parts, get_features, iterate_features, report_unreadable
+from .extract import check_cached_skips, feature_key_parts, get_features, iterate_features, report_unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def get_features_distributed(source: ImageSource, backbone: FrozenCLIP, cache: F
         found = cache.load(dataset, split, key)
         assert found is not None
         logger.info("reusing cached features %s", found.location)
-        return found
+        return check_cached_skips(found, source, bad_images)
 
     folder = shards_dir(cache, dataset, split, key)
     start, stop = shard_range(len(source), batch_size, env.rank, env.world_size)

@@ -88,6 +88,21 @@ def report_unreadable(source: ImageSource, failures: list[tuple[int, str]], bad_
         logger.warning("skipped unreadable image %s", name)
 
 
+def check_cached_skips(found: FeatureSet, source: ImageSource, bad_images: str) -> FeatureSet:
+    """Apply ``bad_images`` to a cache hit: the entry lists the files an earlier ``skip`` run left out.
+
+    Without this a run with ``bad_images=error`` would train on an entry that silently lacks images, just
+    because an earlier run with ``skip`` wrote it.
+    """
+    if bad_images == "error" and found.skipped:
+        names = found.skipped
+        raise DatasetError(f"{len(names)} unreadable images in {source.dataset}/{source.split} (recorded in the cached "
+                           f"features {found.location}, written by a run with data.bad_images=skip): "
+                           + "; ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+                           + " (fix or delete those files, then rerun; or set data.bad_images=skip)")
+    return found
+
+
 def extract_to_cache(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache, key: str, key_parts: dict,
                      batch_size: int = 128, num_workers: int = 2, bad_images: str = "skip",
                      progress: bool = True) -> FeatureSet:
@@ -123,5 +138,5 @@ def get_features(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache,
     found = cache.load(source.dataset, source.split, key)
     if found is not None:
         logger.info("reusing cached features %s", found.location)
-        return found
+        return check_cached_skips(found, source, bad_images)
     return extract_to_cache(source, backbone, cache, key, parts, batch_size, num_workers, bad_images, progress)

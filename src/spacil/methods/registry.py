@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TypeVar
 from pydantic import BaseModel
 
 from ..errors import UsageError
+from ..suggest import did_you_mean
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -99,7 +100,7 @@ def list_methods() -> list[MethodEntry]:
 
 def get_method(name: str) -> MethodEntry:
     if name not in _METHODS:
-        raise UsageError(f"unknown method {name!r}; known: {', '.join(_METHODS)}")
+        raise UsageError(f"unknown method {name!r}{did_you_mean(name, _METHODS)}; known: {', '.join(_METHODS)}")
     return _METHODS[name]
 
 

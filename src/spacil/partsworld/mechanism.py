@@ -9,7 +9,9 @@ Accuracy says whether the method wins; these say whether the patch branch does w
   to a phrase naming part kind X (chance is about one over the number of phrases). A phrase names a
   kind when it is one of the wordings of a vocabulary phrase (:mod:`.wording`), whatever value it says
   (a describer's confusion still names the right place); generic or unknown phrases name none;
-* **patch-branch accuracy**: top-1 of the patch-level score alone over all classes.
+* **patch-branch accuracy**: top-1 of the patch-level score alone over all classes;
+* **phrases naming a part**: share of the phrases the learner used that name one of the vocabulary's
+  part kinds (any wording, any value; shape and colour phrases and generic or unknown phrases do not).
 
 A patch belongs to a part when that part covers at least ``min_fraction`` of its pixels (parts beat the
 body behind them), else to its majority component; the same rule labelled patches for pretraining.
@@ -121,6 +123,7 @@ class Mechanism:
     random_precision: float
     phrase_assignment: float
     patch_accuracy: float
+    part_phrase_share: float = float("nan")  # share of the used phrases that name one of their class's parts
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -146,12 +149,14 @@ def measure_mechanism(learner, patches: torch.Tensor, labels: torch.Tensor, comp
             own_plans.append(plan[rows, y].cpu().numpy())
     selected = np.concatenate(own_index)
     phrase_acc = float("nan")
+    kinds_of = [[phrase_component(p) for p in sem.phrases[c]] for c in range(n_seen)]
     if own_plans:
         token_kinds = []
         for c in labels.tolist():
             n_valid = int(sem.mask[c].sum())
-            token_kinds.append([phrase_component(sem.phrases[c][int(sem.token_phrase[c, n])])
-                                for n in range(n_valid)])
+            token_kinds.append([kinds_of[c][int(sem.token_phrase[c, n])] for n in range(n_valid)])
         phrase_acc = phrase_assignment_accuracy(np.concatenate(own_plans), selected, components, token_kinds)
+    used = [k for kinds in kinds_of for k in kinds]
+    part_share = float(np.mean([k is not None and k not in NON_PART for k in used])) if used else float("nan")
     return Mechanism(selection_precision(selected, components), random_precision(components), phrase_acc,
-                     100.0 * correct / len(labels))
+                     100.0 * correct / len(labels), part_share)

@@ -107,11 +107,12 @@ def mechanism_rows(data: PreparedData, rows: Sequence[ComparisonRow], world_seed
 
 
 def mechanism_markdown(measured: Sequence[tuple[str, Mechanism]]) -> str:
-    lines = ["| variant | selection precision | random selection | phrase assignment | patch-branch accuracy |",
-             "|---|---|---|---|---|"]
+    lines = ["| variant | selection precision | random selection | phrase assignment | patch-branch accuracy "
+             "| phrases naming a part |",
+             "|---|---|---|---|---|---|"]
     for variant, m in measured:
         lines.append(f"| {variant} | {m.selection_precision:.3f} | {m.random_precision:.3f} | "
-                     f"{m.phrase_assignment:.3f} | {m.patch_accuracy:.2f} |")
+                     f"{m.phrase_assignment:.3f} | {m.patch_accuracy:.2f} | {m.part_phrase_share:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,8 +186,10 @@ def write_demo_report(output: Path, base: Config, data: PreparedData, rows: Sequ
         md += ["## The patch mechanism (ground-truth part masks, model after the last task, first seed)", "",
                mechanism, "Selection precision: share of the patches selected for an image's own class that lie "
                "on its parts; random selection would score the share of part patches. Phrase assignment: share of "
-               "the transport mass from a part's patches that goes to that part's phrase. Patch-branch accuracy: "
-               "the patch score alone, all classes.", ""]
+               "the transport mass from a part's patches that goes to that part's phrase (a phrase that is not one of "
+               "its class's ground-truth part phrases counts as naming no part). Patch-branch accuracy: "
+               "the patch score alone, all classes. Phrases naming a part: share of the description phrases used "
+               "that map to one of their class's parts (the rest name body shape, colour, or no part at all).", ""]
     if alignment:
         md += ["## Patch-level alignment (SPA, after the last task)", "", f"![alignment]({alignment})", ""]
     ablation_md = ""

@@ -48,8 +48,7 @@ def find_description_set(config: Config) -> tuple[DescriptionSet | None, str]:
         return load_description_file(path), str(path)
     if config.data.dataset in shipped_dataset_keys():
         return load_shipped(config.data.dataset), f"shipped:{config.data.dataset}"
-    logger.warning("no description file for dataset %s: every class uses prompt templates", config.data.dataset)
-    return None, "templates"
+    return None, "templates"  # no warning here: this runs twice per run (check, prepare); resolve_class_phrases warns
 
 
 def resolve_class_phrases(config: Config, class_names: Sequence[str]) -> ClassPhrases:
@@ -62,8 +61,13 @@ def resolve_class_phrases(config: Config, class_names: Sequence[str]) -> ClassPh
         if not own:
             missing.append(name)
         phrases.append(list(own) if own else None)
+    if missing and found is None and config.descriptions.source == "auto":
+        # one warning for the whole run (not one per lookup plus one per class list)
+        logger.warning("no description file for dataset %s (none in the dataset folder, none shipped): all %d "
+                       "classes use prompt templates; set descriptions.source=file and descriptions.path to use one",
+                       config.data.dataset, len(missing))
     if missing:
-        filled = fallback_phrases([readable(n) for n in missing], templates)  # keyed by readable name
+        filled = fallback_phrases([readable(n) for n in missing], templates, warn=found is not None)
         phrases = [p if p is not None else list(filled[readable(n)]) for n, p in zip(class_names, phrases)]
     return ClassPhrases(phrases, source, missing)
 

@@ -26,6 +26,7 @@ from ..methods import all_variants
 from ..runs.plots import plot_stage_curves
 from ..errors import UsageError
 from ..evaluation.statistics import mean_std
+from ..suggest import did_you_mean
 from ..runs.run_folder import run_key
 from .harness import PreparedData, prepare_data, run_experiment
 
@@ -64,7 +65,8 @@ def variant_config(base: dict, variant: str, seed: int, output_dir: Path,
     (another parts world, images added or removed) gets new folders instead of refusing the old ones."""
     known = all_variants()
     if variant not in known:
-        raise UsageError(f"unknown variant {variant!r}; known: {', '.join(known)}")
+        raise UsageError(f"unknown variant {variant!r}{did_you_mean(variant, known)}; `spa-cil info` lists them: "
+                         f"{', '.join(known)}")
     overrides = [*known[variant].overrides, f"train.seed={seed}", f"run.output_dir={output_dir}"]
     config = build_config(apply_overrides(base, overrides))
     # named by variant, seed and run key: rerunning resumes, changing any setting or the data starts a new folder

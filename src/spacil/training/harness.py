@@ -1,7 +1,8 @@
 """The class-incremental loop shared by every method: one code path for every number in a table.
 
-Order of work in a run: load the backbone, get frozen features of both splits (from the cache when
-possible, so the encoder runs at most once per image), build the scenario and the class texts, then for
+Order of work in a run: check what needs no backbone (description files, dataset folders, the split), load
+the backbone, get frozen features of both splits (from the cache when possible, so the encoder runs at most
+once per image), build the class texts, then for
 each task: learn it, evaluate on every class seen so far, append the stage to the run folder and save the
 trainable state.
 
@@ -78,21 +79,23 @@ def prepare_data(config: Config, backbone: FrozenCLIP | None = None, cache_root:
     The ``prepare`` hook of the method of each config in ``methods`` (default: ``config`` alone) adds
     what that method needs to the class texts, so one set of prepared data can serve several methods.
     """
-    for method_config in methods or [config]:  # bad input files (descriptions) fail before hours of encoding
+    # Everything that needs no backbone is checked first (descriptions, dataset key and folders, the split):
+    # a mistake there fails in seconds, not after loading the encoder and hours of encoding.
+    for method_config in methods or [config]:
         get_method(method_config.method.name).learner.check(method_config)
-    backbone = backbone or load_backbone(config.backbone.name, config.backbone.checkpoint,
-                                         config.backbone.device, config.backbone.precision)
-    backbone.set_resize(config.data.resize)  # a backbone passed in follows this config's transform too
-    cache = FeatureCache(cache_root or config.cache.root, verify=config.cache.verify, dtype=config.cache.dtype)
     sources = {split: load_split(config.data.dataset, split, config.data.root, config.data.download)
                for split in ("train", "test")}
     if sources["train"].class_names != sources["test"].class_names:
         raise UsageError(f"{config.data.dataset}: train and test splits list different classes")
-    feats = {split: get_features(src, backbone, cache, config.backbone.batch_size, config.backbone.num_workers,
-                                 config.data.bad_images, progress) for split, src in sources.items()}
     class_names = sources["train"].class_names
     order = resolve_class_order(config.data.class_order, config.data.dataset, len(class_names))
     scenario = build_scenario(class_names, order, config.data.init_cls, config.data.increment)
+    backbone = backbone or load_backbone(config.backbone.name, config.backbone.checkpoint,
+                                         config.backbone.device, config.backbone.precision)
+    backbone.set_resize(config.data.resize)  # a backbone passed in follows this config's transform too
+    cache = FeatureCache(cache_root or config.cache.root, verify=config.cache.verify, dtype=config.cache.dtype)
+    feats = {split: get_features(src, backbone, cache, config.backbone.batch_size, config.backbone.num_workers,
+                                 config.data.bad_images, progress) for split, src in sources.items()}
     texts = build_class_texts(backbone, scenario.class_names, config.text.templates)
     descriptions = None
     for method_config in methods or [config]:
