@@ -91,10 +91,13 @@ class GaussianBank:
                 f"{prefix}.means": torch.stack([self.means[c] for c in labels]).cpu(),
                 f"{prefix}.factors": torch.stack([self.factors[c] for c in labels]).cpu()}
 
-    def load_state(self, state: dict[str, Tensor], prefix: str) -> None:
+    def load_state(self, state: dict[str, Tensor], prefix: str, device: torch.device | str = "cpu") -> None:
+        """Restore :meth:`state` onto ``device``: the classes a later task adds are computed there, and one
+        bank must not mix devices (sampling stacks all of its classes)."""
         self.means, self.factors = {}, {}
         if f"{prefix}.labels" not in state:
             return
+        means, factors = state[f"{prefix}.means"].to(device), state[f"{prefix}.factors"].to(device)
         for i, c in enumerate(state[f"{prefix}.labels"].tolist()):
-            self.means[c] = state[f"{prefix}.means"][i]
-            self.factors[c] = state[f"{prefix}.factors"][i]
+            self.means[c] = means[i]
+            self.factors[c] = factors[i]

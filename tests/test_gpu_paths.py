@@ -1,0 +1,93 @@
+"""Bugs only a CUDA run would show, caught on the CPU (issue 23).
+
+``meta`` tensors stand in for a second device: a restored learner must hold every tensor there; torchrun's
+environment is simulated with CUDA reported available; the cache key is compared across precisions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from device_guards import RandomDrawGuard
+from spacil.config import TrainConfig
+from spacil.methods.base import FeatureBatch, TaskContext
+from spacil.methods.spa import SPAConfig
+from spacil.methods.spa.gaussian_replay import GaussianBank
+from spacil.methods.spa.learner import SPALearner
+from spacil.text.class_texts import ClassTexts
+from spacil.text.semantic_tokens import SemanticTokens
+
+DIM, PATCHES = 16, 6
+
+
+def _texts(n_classes: int) -> ClassTexts:
+    g = torch.Generator().manual_seed(0)
+    tokens = F.normalize(torch.randn(n_classes, 2, DIM, generator=g), dim=-1)
+    sem = SemanticTokens(tokens=tokens, mask=torch.ones(n_classes, 2, dtype=torch.bool),
+                         description=F.normalize(tokens.mean(1), dim=-1), phrases=[["p", "q"]] * n_classes,
+                         token_phrase=torch.tensor([[0, 1]] * n_classes))
+    prompts = F.normalize(torch.randn(n_classes, DIM, generator=g), dim=-1)
+    return ClassTexts([f"c{i}" for i in range(n_classes)], prompts, semantic=sem)
+
+
+def _batch(classes: list[int], seed: int, per_class: int = 8) -> FeatureBatch:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.tensor(classes).repeat_interleave(per_class)
+    return FeatureBatch(torch.randn(len(labels), DIM, generator=g),
+                        torch.randn(len(labels), PATCHES, DIM, generator=g).half(), labels)
+
+
+def _ctx(task: int, classes: range, texts: ClassTexts, device: str = "cpu") -> TaskContext:
+    return TaskContext(task, classes, classes.stop, texts, torch.device(device), seed=10 + task)
+
+
+def _tensors(learner: SPALearner) -> dict[str, torch.Tensor]:
+    """Every tensor a learner holds, by name."""
+    out = {f"prototype {c}": v for c, v in learner.prototypes.items()}
+    out["prompts"] = learner.prompts
+    out["task_bias"] = learner.task_bias
+    for name, stack in (("visual", learner.visual), ("text", learner.text)):
+        if stack is not None:
+            out.update({f"{name}.{k}": v for k, v in stack.state_dict().items()})
+    sem = learner.semantic
+    out.update({"semantic.tokens": sem.tokens, "semantic.mask": sem.mask, "semantic.description": sem.description})
+    for bank_name in ("global_bank", "patch_bank", "context_bank"):
+        bank = getattr(learner, bank_name)
+        assert len(bank), f"{bank_name} is empty: the test would not look at it"
+        out.update({f"{bank_name} mean {c}": v for c, v in bank.means.items()})
+        out.update({f"{bank_name} factor {c}": v for c, v in bank.factors.items()})
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+@pytest.mark.parametrize("calibration", ["task_bias", "none"])
+def test_restored_learner_holds_every_tensor_on_the_run_device(calibration):
+    """Bug 1: a resumed CUDA run kept the Gaussian banks on the CPU and crashed on the next task."""
+    texts = _texts(4)
+    cfg = SPAConfig.model_validate({"selection": {"k": 2}, "replay": {"calibration": calibration}})
+    learner = SPALearner(cfg, TrainConfig(epochs=1, batch_size=8))
+    learner.learn_task(_ctx(0, range(0, 2), texts), _batch([0, 1], 1))
+    learner.learn_task(_ctx(1, range(2, 4), texts), _batch([2, 3], 2))
+    restored = SPALearner(cfg, TrainConfig(epochs=1, batch_size=8))
+    restored.load_trainable_state(learner.trainable_state(), _ctx(1, range(2, 4), texts, "meta"))
+    held = _tensors(restored)
+    if calibration == "none":
+        held.pop("task_bias")
+    elsewhere = {name: str(t.device) for name, t in held.items() if t.device.type != "meta"}
+    assert not elsewhere, elsewhere
+
+
+def test_random_draw_guard_catches_a_generator_on_another_device():
+    """The guard itself can fail: our Gaussian sampler handed a CPU generator for a meta tensor."""
+    bank = GaussianBank(0.1)
+    bank.add_class(0, torch.randn(5, DIM, generator=torch.Generator().manual_seed(0)))
+    on_meta = GaussianBank(0.1)
+    on_meta.load_state(bank.state("b"), "b", "meta")
+    with RandomDrawGuard() as guard:
+        bank.sample([0], 2, torch.Generator().manual_seed(0), torch.device("cpu"))
+        assert guard.draws == [("torch.randn", "cpu", "cpu")]
+        with pytest.raises(AssertionError, match="generator on cpu fills a tensor on meta"):
+            on_meta.sample([0], 2, torch.Generator().manual_seed(0), torch.device("meta"))
