@@ -91,3 +91,46 @@ def test_random_draw_guard_catches_a_generator_on_another_device():
         assert guard.draws == [("torch.randn", "cpu", "cpu")]
         with pytest.raises(AssertionError, match="generator on cpu fills a tensor on meta"):
             on_meta.sample([0], 2, torch.Generator().manual_seed(0), torch.device("meta"))
+
+
+def _torchrun_env(monkeypatch, rank: int, world: int = 2) -> None:
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+@pytest.mark.parametrize("asked", ["auto", "cuda", "cuda:0"])
+def test_torchrun_rank_gets_its_own_gpu(monkeypatch, asked):
+    """Bug 2: only ``auto`` meant this rank's GPU; ``cuda`` and ``cuda:0`` put every rank on GPU 0."""
+    from spacil.features.distributed import rank_device
+
+    _torchrun_env(monkeypatch, rank=1)
+    assert rank_device(asked) == "cuda:1"
+    assert rank_device("cpu") == "cpu"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert rank_device(asked) == asked  # a single process keeps what it asked for
+
+
+def test_torchrun_extract_sets_the_device_before_loading_the_backbone(monkeypatch):
+    """Bug 2: the backbone was loaded before ``init_distributed`` called ``set_device``."""
+    from typer.testing import CliRunner
+
+    import spacil.backbone
+    from spacil.cli import app
+    from spacil.errors import UsageError
+    from spacil.features import distributed
+
+    _torchrun_env(monkeypatch, rank=1)
+    events: list[str] = []
+    monkeypatch.setattr(distributed, "init_distributed", lambda *a, **k: events.append("process group + set_device"))
+    monkeypatch.setattr(distributed, "shutdown_distributed", lambda: None)
+
+    def fake_load(name, checkpoint, device, *args, **kwargs):
+        events.append(f"backbone on {device}")
+        raise UsageError("stop here")  # the rest of extraction is not what this test is about
+
+    monkeypatch.setattr(spacil.backbone, "load_backbone", fake_load)
+    result = CliRunner().invoke(app, ["extract", "--set", "backbone.device=cuda"])
+    assert "stop here" in result.output
+    assert events == ["process group + set_device", "backbone on cuda:1"]

@@ -57,9 +57,16 @@ def dist_env() -> DistEnv | None:
 
 
 def rank_device(device: str) -> str:
-    """``auto`` under torchrun with CUDA means this process's own GPU (``cuda:LOCAL_RANK``)."""
+    """This process's own GPU (``cuda:LOCAL_RANK``) under torchrun with CUDA, for ``auto``, ``cuda`` and any
+    ``cuda:N``: one process per GPU is what torchrun launches, and a bare ``cuda`` (or ``cuda:0``) would put
+    every rank's weights on the first GPU. ``cpu`` and the single-process case are left as asked."""
     env = dist_env()
-    if device == "auto" and env is not None and torch.cuda.is_available():
+    if env is None or not torch.cuda.is_available():
+        return device
+    if device == "auto" or device == "cuda" or device.startswith("cuda:"):
+        if device.startswith("cuda:") and device != f"cuda:{env.local_rank}":
+            logger.info("rank %d: backbone.device=%s means this rank's GPU under torchrun: cuda:%d",
+                        env.rank, device, env.local_rank)
         return f"cuda:{env.local_rank}"
     return device
 
