@@ -134,3 +134,18 @@ def test_torchrun_extract_sets_the_device_before_loading_the_backbone(monkeypatc
     result = CliRunner().invoke(app, ["extract", "--set", "backbone.device=cuda"])
     assert "stop here" in result.output
     assert events == ["process group + set_device", "backbone on cuda:1"]
+
+
+def test_cache_key_depends_on_the_encoder_precision(image_folder):
+    """Bug 3: bf16-autocast and fp32 features shared one cache key."""
+    from spacil.backbone import load_backbone
+    from spacil.data.datasets import ImageFolderSource
+    from spacil.features.cache import feature_key
+    from spacil.features.extract import feature_key_parts
+
+    source = ImageFolderSource(image_folder, "test")
+    keys = {precision: feature_key(feature_key_parts(source, load_backbone("tiny-test", device="cpu",
+                                                                           precision=precision)))
+            for precision in ("fp32", "bf16", "fp16", "auto")}
+    assert len({keys["fp32"], keys["bf16"], keys["fp16"]}) == 3
+    assert keys["auto"] == keys["fp32"]  # auto is fp32 on the CPU

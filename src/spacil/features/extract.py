@@ -46,7 +46,9 @@ def feature_key_parts(source: ImageSource, backbone: FrozenCLIP, storage_dtype: 
     """Everything that determines the cached features of ``source``.
 
     float16, the storage of every entry written before the dtype was a setting, is left out of the key so
-    those entries stay valid; any other storage dtype is part of it.
+    those entries stay valid; any other storage dtype is part of it. Likewise the encoder's autocast dtype
+    (bf16 under ``backbone.precision=auto`` on a GPU) is part of the key, and plain fp32 adds nothing: bf16
+    and fp32 features differ, and switching precision must not reuse what was cached first.
     """
     parts = {
         "backbone": backbone.name,
@@ -58,6 +60,8 @@ def feature_key_parts(source: ImageSource, backbone: FrozenCLIP, storage_dtype: 
     }
     if storage_dtype != "float16":
         parts["storage_dtype"] = storage_dtype
+    if backbone.amp_dtype is not None:
+        parts["encoder_autocast"] = str(backbone.amp_dtype).removeprefix("torch.")
     return parts
 
 
