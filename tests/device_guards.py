@@ -5,7 +5,7 @@
   CPU, or on ``meta``, torch lets it pass, so this guard checks it for us.
 - :class:`HostSyncCounter`: counts the calls *made from spacil's own code* that make the host wait for the
   device (``.item()``, ``.tolist()``, ``.cpu()``, ``.numpy()``, ``bool``/``float``/``int`` of a tensor, a
-  copy ``.to("cpu")``). On a GPU each is a pipeline stall; counting them on the CPU tells whether their
+  copy ``.to("cpu")``). Host-to-device copies (``.to(device)``) are not counted. On a GPU each is a pipeline stall; counting them on the CPU tells whether their
   number grows with the number of training steps or scored batches.
 """
 
@@ -80,12 +80,12 @@ class RandomDrawGuard:
 
 
 class HostSyncCounter:
-    """Counts host syncs issued by spacil's code (calls whose direct caller is a file under src/spacil)."""
+    """Counts host syncs issued by spacil's code (calls whose direct caller is a file under ``roots``)."""
 
     METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
 
-    def __init__(self, root: str = SPACIL_SRC) -> None:
-        self.root = root
+    def __init__(self, roots: tuple[str, ...] = (SPACIL_SRC,)) -> None:
+        self.roots = tuple(roots)
         self.calls: Counter[str] = Counter()
         self._saved: list[tuple[str, object]] = []
 
@@ -96,7 +96,7 @@ class HostSyncCounter:
     def _from_spacil(self) -> str | None:
         frame = sys._getframe(2)
         name = frame.f_code.co_filename
-        return f"{Path(name).name}:{frame.f_lineno}" if name.startswith(self.root) else None
+        return f"{Path(name).name}:{frame.f_lineno}" if name.startswith(self.roots) else None
 
     def _wrap(self, name: str, fn):
         counter = self
@@ -114,8 +114,10 @@ class HostSyncCounter:
 
         @functools.wraps(fn)
         def wrapper(tensor, *args, **kwargs):
+            # only an explicit "cpu" string: on a CPU-only machine ``.to(ctx.device)`` (a host-to-device move
+            # on a GPU, not a sync) would look the same
             target = kwargs.get("device", args[0] if args else None)
-            if isinstance(target, (str, torch.device)) and torch.device(target).type == "cpu":
+            if target == "cpu":
                 where = counter._from_spacil()
                 if where is not None:
                     counter.calls[f"to(cpu) at {where}"] += 1

@@ -38,10 +38,11 @@ logger = logging.getLogger(__name__)
 
 #: Settings that cannot change a run's results, left out of its key so that moving a run to another
 #: machine (other data path, cores, memory) or asking for other side outputs resumes it instead of
-#: starting over: where the data and results live, loader workers, scoring batch size, optional outputs.
+#: starting over: where the data and results live, loader workers, scoring batch size and where the test
+#: features are held while scoring, optional outputs.
 #: ``cache.root``/``cache.enabled``/``cache.verify`` only decide where features are kept and how hard they are checked.
 RESULT_NEUTRAL_FIELDS = ("data.root", "data.download", "backbone.num_workers", "train.eval_batch_size",
-                         "cache.root", "cache.enabled", "cache.verify", "run")
+                         "train.eval_features", "cache.root", "cache.enabled", "cache.verify", "run")
 
 
 def config_digest(config: Config) -> str:

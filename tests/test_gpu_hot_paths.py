@@ -1,0 +1,103 @@
+"""The GPU-facing hot paths of issue 23 give the same results as before, and their host syncs stay bounded.
+
+Host syncs are counted with :class:`device_guards.HostSyncCounter` (calls from spacil's own code to
+``.item()``, ``.tolist()``, ``.cpu()`` ...): on a GPU each stalls the pipeline, so their number per task
+must not grow with the number of training steps or scored batches on the default path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from device_guards import SPACIL_SRC, HostSyncCounter, RandomDrawGuard
+from spacil.config import load_config
+from spacil.methods import make_learner
+from spacil.training.harness import (evaluate_task, load_rows, prepare_data, predict, restore_learner,
+                                     run_experiment, task_context)
+
+
+def _config(image_folder, tmp_path, *extra):
+    return load_config(None, [f"data.root={image_folder}", "data.init_cls=2", "data.increment=2",
+                              f"cache.root={tmp_path / 'cache'}", f"run.output_dir={tmp_path / 'runs'}",
+                              "backbone.num_workers=0", "run.plots=false", "train.batch_size=4",
+                              "method.spa.selection.k=4", "train.device=cpu", "train.epochs=2", *extra])
+
+
+@pytest.fixture
+def spa_data(image_folder, tmp_path, tiny_backbone):
+    cfg = _config(image_folder, tmp_path)
+    return cfg, prepare_data(cfg, backbone=tiny_backbone, progress=False)
+
+
+def test_test_split_held_on_the_device_gives_identical_predictions(spa_data, tmp_path):
+    cfg, data = spa_data
+    result = run_experiment(cfg, data=data, progress=False)
+    device = torch.device("cpu")
+    learner = restore_learner(cfg, data, result.folder, 1, device)
+    rows = np.flatnonzero(data.test_labels < 4)
+    streamed = predict(learner, data.test, rows, data.test_labels, 4, device, batch_size=5)
+    for batch_size in (1, 5, 256):
+        held = predict(learner, data.test, rows, data.test_labels, 4, device, batch_size, data.test_on(device))
+        np.testing.assert_array_equal(held[0], streamed[0])
+        np.testing.assert_array_equal(held[1], streamed[1])
+    # and a whole run: stage accuracies and the accuracy matrix do not depend on where the test split is held
+    stream_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval_features": "stream"}),
+                                        "run": cfg.run.model_copy(update={"output_dir": tmp_path / "runs-stream"})})
+    streamed_run = run_experiment(stream_cfg, data=data, progress=False)
+    assert streamed_run.summary["stage_accuracies"] == result.summary["stage_accuracies"]
+    assert streamed_run.folder.name == result.folder.name  # result-neutral: same run key
+
+
+def test_held_test_split_is_checked_for_nan_once(spa_data, monkeypatch):
+    cfg, data = spa_data
+    calls = []
+    original = type(data.test).check_finite
+    monkeypatch.setattr(type(data.test), "check_finite", lambda self, rows, arrays: (calls.append(len(rows)),
+                                                                                     original(self, rows, arrays)))
+    device = torch.device("cpu")
+    learner = make_learner(cfg)
+    learner.learn_task(task_context(cfg, data, 0, device),
+                       load_rows(data.train, np.flatnonzero(data.train_labels < 2), data.train_labels, device))
+    calls.clear()
+    for _stage in range(3):
+        evaluate_task(learner, data, task_context(cfg, data, 0, device), batch_size=3)
+    assert sum(calls) == len(data.test)  # every test row once, not once per stage
+
+
+def _syncs(cfg, data, tmp_path, epochs: int, eval_batch_size: int, tag: str) -> HostSyncCounter:
+    run_cfg = cfg.model_copy(update={
+        "train": cfg.train.model_copy(update={"epochs": epochs, "eval_batch_size": eval_batch_size}),
+        "run": cfg.run.model_copy(update={"output_dir": tmp_path / f"runs-{tag}", "save_checkpoints": False})})
+    with HostSyncCounter() as counter, RandomDrawGuard() as draws:
+        run_experiment(run_cfg, data=data, progress=False)
+    counter.draws = {name for name, _, _ in draws.draws}
+    return counter
+
+
+def test_host_syncs_per_task_do_not_grow_with_steps_or_scored_batches(spa_data, tmp_path):
+    """The guards on a default SPA run: the same sync count for 1 vs 3 epochs (3x the steps) and for 256 vs 2
+    images per scored batch; every random draw's generator on its tensor's device."""
+    cfg, data = spa_data
+    base = _syncs(cfg, data, tmp_path, epochs=1, eval_batch_size=256, tag="base")
+    more_steps = _syncs(cfg, data, tmp_path, epochs=3, eval_batch_size=256, tag="steps")
+    more_batches = _syncs(cfg, data, tmp_path, epochs=1, eval_batch_size=2, tag="batches")
+    assert base.total > 0  # the counter sees spacil's syncs (float(loss), the calibration's bias ...)
+    assert more_steps.calls == base.calls, more_steps.calls - base.calls
+    assert more_batches.calls == base.calls, more_batches.calls - base.calls
+    # the draw guard looked at replay sampling, the epoch order and the projectors' initialisation
+    assert {"torch.randn", "torch.randperm", "Tensor.normal_"} <= base.draws, base.draws
+
+
+def test_sync_counter_counts_syncs_from_spacil_code_only():
+    """The counter can fail a test: a sync issued by spacil's code is counted, one from elsewhere is not."""
+    from spacil.methods.spa.gaussian_replay import safe_cholesky
+
+    with HostSyncCounter() as counter:
+        torch.ones(1).item()  # this file is not spacil's code
+        safe_cholesky(torch.eye(3, dtype=torch.float64))  # int(info) and float(scale): two syncs in spacil
+    assert counter.total == 2, counter.calls
+    with HostSyncCounter((SPACIL_SRC, __file__)) as counter:
+        torch.ones(1).item()
+    assert counter.total == 1
