@@ -101,3 +101,37 @@ def test_sync_counter_counts_syncs_from_spacil_code_only():
     with HostSyncCounter((SPACIL_SRC, __file__)) as counter:
         torch.ones(1).item()
     assert counter.total == 1
+
+
+def test_extraction_casts_on_the_device_and_stores_what_a_host_cast_would(image_folder, tmp_path, tiny_backbone):
+    from spacil.data.datasets import ImageFolderSource
+    from spacil.features import FeatureCache, get_features
+
+    source = ImageFolderSource(image_folder, "train")
+    feats = get_features(source, tiny_backbone, FeatureCache(tmp_path / "cache"), batch_size=5, num_workers=0,
+                         progress=False)
+    first = tiny_backbone.encode_images(torch.stack([tiny_backbone.preprocess(source.load(i)) for i in range(5)]))
+    np.testing.assert_array_equal(feats.global_[:5], first.global_.numpy().astype(np.float16))
+    np.testing.assert_array_equal(feats.patches[:5], first.patches.numpy().astype(np.float16))
+
+
+def test_a_failed_background_write_fails_the_extraction_and_publishes_nothing(image_folder, tmp_path,
+                                                                              tiny_backbone, monkeypatch):
+    from spacil.data.datasets import ImageFolderSource
+    from spacil.features import FeatureCache, get_features
+    from spacil.features.cache import CacheWriter
+
+    original, calls = CacheWriter.write, []
+
+    def failing_write(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return original(self, *args)
+
+    monkeypatch.setattr(CacheWriter, "write", failing_write)
+    cache_root = tmp_path / "cache"
+    with pytest.raises(OSError, match="disk full"):
+        get_features(ImageFolderSource(image_folder, "train"), tiny_backbone, FeatureCache(cache_root),
+                     batch_size=5, num_workers=0, progress=False)
+    assert not [p for p in cache_root.rglob("*") if p.is_dir() and p.parent != cache_root]  # no entry, no partial

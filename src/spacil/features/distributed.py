@@ -33,6 +33,7 @@ from ..data.datasets import DatasetError, ImageSource
 from ..io import compact_array, new_array, write_json_atomic
 from .cache import CacheError, FeatureCache, FeatureSet, feature_key
 from .extract import feature_key_parts, get_features, iterate_features, report_unreadable
+from .writeback import BackgroundWriter
 
 logger = logging.getLogger(__name__)
 
@@ -156,15 +157,19 @@ def _encode_shard(source: ImageSource, backbone: FrozenCLIP, folder: Path, meta:
     lab = new_array(tmp / "labels.npy", np.int64, (m,))
     filled = np.zeros(m, dtype=bool)
     failures: list[list] = []
-    for idx, gb, pb, bad in iterate_features(source, backbone, np.arange(start, stop), batch_size, num_workers,
-                                             progress, desc=f"{source.dataset}/{source.split} rank {meta['rank']}"):
-        failures.extend([int(i), reason] for i, reason in bad)
-        if gb is not None:
-            rows = idx - start
-            g[rows] = gb.astype(dtype)
-            p[rows] = pb.astype(dtype)
-            lab[rows] = source.labels[idx]
-            filled[rows] = True
+    def write(rows: np.ndarray, gb: np.ndarray, pb: np.ndarray, labels: np.ndarray) -> None:
+        g[rows] = gb.astype(dtype, copy=False)
+        p[rows] = pb.astype(dtype, copy=False)
+        lab[rows] = labels
+        filled[rows] = True
+
+    with BackgroundWriter() as background:  # the memmap write of a batch overlaps the next forward
+        for idx, gb, pb, bad in iterate_features(source, backbone, np.arange(start, stop), batch_size, num_workers,
+                                                 progress, desc=f"{source.dataset}/{source.split} rank {meta['rank']}",
+                                                 dtype=cache_dtype):
+            failures.extend([int(i), reason] for i, reason in bad)
+            if gb is not None:
+                background.submit(write, idx - start, gb, pb, source.labels[idx])
     keep = np.flatnonzero(filled)
     for arr in (g, p, lab):
         arr.flush()
