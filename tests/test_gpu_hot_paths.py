@@ -135,3 +135,39 @@ def test_a_failed_background_write_fails_the_extraction_and_publishes_nothing(im
         get_features(ImageFolderSource(image_folder, "train"), tiny_backbone, FeatureCache(cache_root),
                      batch_size=5, num_workers=0, progress=False)
     assert not [p for p in cache_root.rglob("*") if p.is_dir() and p.parent != cache_root]  # no entry, no partial
+
+
+def test_warm_lookup_finds_the_cache_without_reading_images(image_folder, tmp_path, tiny_backbone, monkeypatch):
+    """The content hash is read once; a warm command finds the entry by the folder's fingerprint, and
+    cache.verify=full (or any change of size or mtime) reads the images again."""
+    import os
+
+    from spacil.data.datasets import ImageFolderSource
+    from spacil.features import FeatureCache, get_features
+
+    reads = []
+    original = ImageFolderSource.content_hash
+    monkeypatch.setattr(ImageFolderSource, "content_hash", lambda self: (reads.append(1), original(self))[1])
+
+    def features(verify="fast"):
+        return get_features(ImageFolderSource(image_folder, "test"), tiny_backbone,
+                            FeatureCache(tmp_path / "cache", verify=verify), num_workers=0, progress=False)
+
+    cold = features()
+    assert len(reads) == 1
+    warm = features()
+    assert len(reads) == 1 and warm.key == cold.key and warm.location == cold.location
+    assert features("full").key == cold.key and len(reads) == 2
+    # rewritten in place with the same size and modification time: only the full check sees it
+    path = image_folder / "test" / "class_00" / "img_000.png"
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF  # inside the PNG's trailer: same size, other bytes
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert features().key == cold.key and len(reads) == 2
+    changed = features("full")
+    assert changed.key != cold.key and len(reads) == 3
+    assert features().key == changed.key and len(reads) == 3  # the record now holds the new hash
+    os.utime(path)  # a new modification time: a new fingerprint, so the images are read once more
+    assert features().key == changed.key and len(reads) == 4

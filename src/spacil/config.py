@@ -62,8 +62,9 @@ class CacheConfig(StrictModel):
     enabled: bool = True
     root: Path = Field(Path("~/.cache/spacil/features"), description="Folder of the feature cache.")
     verify: Literal["fast", "full"] = Field(
-        "fast", description="'fast' checks manifest, shapes and sizes; 'full' also re-hashes the stored arrays."
-    )
+        "fast", description="'fast' checks manifest, shapes and sizes, and finds an image folder's content hash "
+        "by its fingerprint (paths, sizes, modification times) without reading the images; 'full' also "
+        "re-hashes the stored arrays and every image file.")
     dtype: Literal["float16", "float32"] = Field(
         "float16", description="Storage of the cached features: float16 halves disk and memory (ViT-B/16 patch "
         "tokens of CIFAR-100: ~12 GB); float32 keeps the encoder's output exactly.")

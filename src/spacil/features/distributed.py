@@ -241,11 +241,12 @@ def get_features_distributed(source: ImageSource, backbone: FrozenCLIP, cache: F
     if bad_images not in {"skip", "error"}:
         raise ValueError("bad_images must be 'skip' or 'error'")
     group = init_distributed(timeout_s)
-    # Only rank 0 hashes the image bytes; every rank checks it sees the same listing and weights.
+    # Only rank 0 finds the content hash (recorded under the folder's fingerprint, else by reading every
+    # image); every rank checks it sees the same listing and weights.
     keyed: dict = {}
     if env.rank == 0:
         try:
-            keyed = {"parts": feature_key_parts(source, backbone, cache.dtype)}
+            keyed = {"parts": feature_key_parts(source, backbone, cache.dtype, cache)}
         except Exception as exc:  # noqa: BLE001 - the other ranks are waiting for the key
             keyed = {"error": f"rank 0: {exc.__class__.__name__}: {exc}"}
     keyed = _broadcast(keyed, group)

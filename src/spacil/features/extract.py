@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ..backbone import FrozenCLIP
 from ..data.datasets import BadImageError, DatasetError, ImageSource
 from .cache import FeatureCache, FeatureSet, feature_key
+from .content_index import content_hash
 from .writeback import BackgroundWriter
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,13 @@ def _collate(batch):
     return indices, images, bad
 
 
-def feature_key_parts(source: ImageSource, backbone: FrozenCLIP, storage_dtype: str = "float16") -> dict:
+def feature_key_parts(source: ImageSource, backbone: FrozenCLIP, storage_dtype: str = "float16",
+                      cache: FeatureCache | None = None) -> dict:
     """Everything that determines the cached features of ``source``.
+
+    With ``cache``, the images' content hash is read from the record its cheap fingerprint finds under the
+    cache root (computed and recorded on first use; recomputed under ``cache.verify=full``), so a warm
+    command does not read every image file; the key is the same either way.
 
     float16, the storage of every entry written before the dtype was a setting, is left out of the key so
     those entries stay valid; any other storage dtype is part of it. Likewise the encoder's autocast dtype
@@ -57,7 +63,8 @@ def feature_key_parts(source: ImageSource, backbone: FrozenCLIP, storage_dtype: 
         "transform": backbone.transform_description(),
         "dataset": source.dataset,
         "split": source.split,
-        "content_sha256": source.content_hash(),
+        "content_sha256": content_hash(source, cache.root if cache is not None else None,
+                                       cache.verify if cache is not None else "fast"),
     }
     if storage_dtype != "float16":
         parts["storage_dtype"] = storage_dtype
@@ -130,7 +137,7 @@ def extract_to_cache(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCa
 def get_features(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache, batch_size: int = 128,
                  num_workers: int = 2, bad_images: str = "skip", progress: bool = True) -> FeatureSet:
     """Cached features of ``source``, extracting them first if this (backbone, transform, split) is new."""
-    parts = feature_key_parts(source, backbone, cache.dtype)
+    parts = feature_key_parts(source, backbone, cache.dtype, cache)
     key = feature_key(parts)
     found = cache.load(source.dataset, source.split, key)
     if found is not None:
