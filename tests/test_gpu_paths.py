@@ -149,3 +149,104 @@ def test_cache_key_depends_on_the_encoder_precision(image_folder):
             for precision in ("fp32", "bf16", "fp16", "auto")}
     assert len({keys["fp32"], keys["bf16"], keys["fp16"]}) == 3
     assert keys["auto"] == keys["fp32"]  # auto is fp32 on the CPU
+
+
+def test_loader_workers_default_feeds_a_gpu_and_splits_over_local_ranks():
+    from spacil.features.workers import loader_workers
+
+    assert loader_workers("auto", cpus=2, ranks=1) == 2
+    assert loader_workers("auto", cpus=64, ranks=1) == 8
+    assert loader_workers("auto", cpus=64, ranks=8) == 1  # 8 decoders per machine, not 64
+    assert loader_workers(8, cpus=64, ranks=8) == 1
+    assert loader_workers(16, cpus=64, ranks=8) == 2
+    assert loader_workers(4, cpus=64, ranks=8) == 1  # asked for some: at least one each
+    assert loader_workers(0, cpus=64, ranks=8) == 0
+    with pytest.raises(ValueError):
+        loader_workers("many")
+
+
+def test_num_workers_setting_accepts_auto_and_counts_only():
+    from spacil.config import load_config
+    from spacil.schema import ConfigError
+
+    assert load_config(None, []).backbone.num_workers == "auto"
+    assert load_config(None, ["backbone.num_workers=3"]).backbone.num_workers == 3
+    assert load_config("cifar100_b0_inc10", []).backbone.num_workers == "auto"
+    for bad in ("many", "-1"):
+        with pytest.raises(ConfigError, match="num_workers"):
+            load_config(None, [f"backbone.num_workers={bad}"])
+
+
+def _compiled_raising(monkeypatch, error: BaseException):
+    from spacil.ot import sinkhorn as sk
+
+    def compiled(fn, **kwargs):
+        def run(*args):
+            raise error
+        return run
+
+    monkeypatch.setattr(sk, "_COMPILED", {})
+    monkeypatch.setattr(sk, "_COMPILE_BROKEN", [])
+    monkeypatch.setattr(torch, "compile", compiled)
+    return sk
+
+
+def _problem():
+    g = torch.Generator().manual_seed(0)
+    cost = torch.rand(2, 3, 4, generator=g)
+    return cost, torch.full((2, 3), 1 / 3), torch.full((2, 4), 1 / 4)
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("CUDA error: out of memory"),
+                                   ValueError("a bug in the solver")])
+def test_compiled_sinkhorn_does_not_swallow_out_of_memory_or_bugs(monkeypatch, error):
+    sk = _compiled_raising(monkeypatch, error)
+    with pytest.raises(type(error), match=str(error)[:10]):
+        sk.sinkhorn_plan(*_problem(), 0.1, 5, compile=True)
+    assert sk._COMPILE_BROKEN == []  # compile stays on: it was not a compile failure
+
+
+def test_compiled_sinkhorn_out_of_memory_inside_compilation_is_raised(monkeypatch):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    try:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    except torch.OutOfMemoryError as oom:
+        try:
+            raise BackendCompilerFailed(lambda *a: None, oom, None) from oom
+        except BackendCompilerFailed as wrapped:
+            error = wrapped
+    sk = _compiled_raising(monkeypatch, error)
+    with pytest.raises(BackendCompilerFailed):
+        sk.sinkhorn_plan(*_problem(), 0.1, 5, compile=True)
+    assert sk._COMPILE_BROKEN == []
+
+
+def test_compiled_sinkhorn_falls_back_on_a_compile_error(monkeypatch, caplog):
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    sk = _compiled_raising(monkeypatch, BackendCompilerFailed(lambda *a: None, RuntimeError("no C++ compiler"), None))
+    cost, a, b = _problem()
+    plan = sk.sinkhorn_plan(cost, a, b, 0.1, 5, compile=True)
+    torch.testing.assert_close(plan, sk.sinkhorn_plan(cost, a, b, 0.1, 5), atol=0, rtol=0)
+    assert len(sk._COMPILE_BROKEN) == 1
+
+
+def test_gaussian_sampler_with_repeated_labels_uses_one_factor_per_class(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    bank = GaussianBank(0.1)
+    for c in range(3):
+        bank.add_class(c, torch.randn(20, DIM, generator=g) + c)
+    labels = [2, 0, 2, 2, 1, 0]
+    stacked = []
+    original_stack = torch.stack
+    monkeypatch.setattr(torch, "stack", lambda tensors, *a, **k: (stacked.append(len(tensors)),
+                                                                  original_stack(tensors, *a, **k))[1])
+    x, y = bank.sample(labels, 2, torch.Generator().manual_seed(5), torch.device("cpu"), tokens_per_sample=3)
+    monkeypatch.undo()
+    assert stacked == [3, 3]  # means and factors of the 3 classes, not of the 6 entries
+    z = torch.randn(len(labels), 2 * 3, DIM, generator=torch.Generator().manual_seed(5))  # the same stream
+    expected = torch.stack([bank.means[c] + z[i] @ bank.factors[c].T for i, c in enumerate(labels)])
+    torch.testing.assert_close(x, expected.reshape(len(labels) * 2, 3, DIM))
+    assert y.tolist() == [2, 2, 0, 0, 2, 2, 2, 2, 1, 1, 0, 0]

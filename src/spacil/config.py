@@ -30,7 +30,16 @@ class BackboneConfig(StrictModel):
         "auto", description="'auto' is bf16 autocast on GPU and fp32 on CPU."
     )
     batch_size: int = Field(128, ge=1, description="Images per encoder forward during feature extraction.")
-    num_workers: int = Field(2, ge=0, description="DataLoader workers that decode images.")
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader processes that decode images during extraction, per machine: 'auto' = "
+        "min(8, CPU cores); under torchrun the number is divided over the machine's ranks (at least 1 each).")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("num_workers must be 'auto' or a count >= 0")
+        return v
 
 
 class DataConfig(StrictModel):

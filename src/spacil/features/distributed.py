@@ -143,7 +143,7 @@ def _existing_shard(folder: Path, meta: dict) -> dict | None:
 
 
 def _encode_shard(source: ImageSource, backbone: FrozenCLIP, folder: Path, meta: dict, batch_size: int,
-                  num_workers: int, progress: bool, cache_dtype: str = "float16") -> dict:
+                  num_workers: int | str, progress: bool, cache_dtype: str = "float16") -> dict:
     """Encode indices ``[start, stop)`` into ``folder`` (written under a temporary name, then renamed)."""
     start, stop = meta["start"], meta["stop"]
     m = stop - start
@@ -227,7 +227,7 @@ def _gather(obj: object, group: object, world_size: int) -> list:
 
 
 def get_features_distributed(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache, batch_size: int = 128,
-                             num_workers: int = 2, bad_images: str = "skip", progress: bool = True,
+                             num_workers: int | str = "auto", bad_images: str = "skip", progress: bool = True,
                              timeout_s: float = 7200.0) -> FeatureSet:
     """Cached features of ``source``, encoded by all ranks of a torchrun job (or by this process alone).
 

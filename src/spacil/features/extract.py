@@ -14,6 +14,7 @@ from ..backbone import FrozenCLIP
 from ..data.datasets import BadImageError, DatasetError, ImageSource
 from .cache import FeatureCache, FeatureSet, feature_key
 from .content_index import content_hash
+from .workers import loader_workers
 from .writeback import BackgroundWriter
 
 logger = logging.getLogger(__name__)
@@ -74,15 +75,16 @@ def feature_key_parts(source: ImageSource, backbone: FrozenCLIP, storage_dtype: 
 
 
 def iterate_features(source: ImageSource, backbone: FrozenCLIP, indices: np.ndarray, batch_size: int,
-                     num_workers: int, progress: bool = True, desc: str = "extract", dtype: str = "float32"):
+                     num_workers: int | str, progress: bool = True, desc: str = "extract", dtype: str = "float32"):
     """Yield ``(indices, global, patches, bad)`` per batch; ``bad`` lists ``(index, reason)`` of unreadable files.
 
     The features are cast to ``dtype`` (the cache's storage) on the encoder's device, before the copy to the
     host: half the bytes over PCIe for float16, and the same values as casting on the host.
     """
     out_dtype = getattr(torch, dtype)
+    workers = loader_workers(num_workers)
     loader = DataLoader(_TransformedImages(source, backbone.preprocess, indices), batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers, collate_fn=_collate,
+                        shuffle=False, num_workers=workers, collate_fn=_collate,
                         pin_memory=backbone.device.type == "cuda", persistent_workers=False)
     for idx, images, bad in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         if images is None:
@@ -106,7 +108,7 @@ def report_unreadable(source: ImageSource, failures: list[tuple[int, str]], bad_
 
 
 def extract_to_cache(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache, key: str, key_parts: dict,
-                     batch_size: int = 128, num_workers: int = 2, bad_images: str = "skip",
+                     batch_size: int = 128, num_workers: int | str = "auto", bad_images: str = "skip",
                      progress: bool = True) -> FeatureSet:
     """Encode every image of ``source`` once and publish the cache entry."""
     n = len(source)
@@ -135,7 +137,7 @@ def extract_to_cache(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCa
 
 
 def get_features(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache, batch_size: int = 128,
-                 num_workers: int = 2, bad_images: str = "skip", progress: bool = True) -> FeatureSet:
+                 num_workers: int | str = "auto", bad_images: str = "skip", progress: bool = True) -> FeatureSet:
     """Cached features of ``source``, extracting them first if this (backbone, transform, split) is new."""
     parts = feature_key_parts(source, backbone, cache.dtype, cache)
     key = feature_key(parts)

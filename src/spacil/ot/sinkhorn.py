@@ -190,20 +190,52 @@ _COMPILED: dict[str, Callable[..., Tensor]] = {}
 _COMPILE_BROKEN: list[str] = []  # a message once torch.compile has failed: eager from then on
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """A device out-of-memory error, raised directly or wrapped by the compiler (its cause chain)."""
+    while exc is not None:
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """What a failing compilation raises when the compiled function first runs (dynamo wraps the backend's
+    errors, e.g. no C++ compiler, in its own exception types)."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError
+
+    return (TorchDynamoException, CppCompileError)
+
+
+def _fall_back(exc: BaseException) -> None:
+    _COMPILE_BROKEN.append(f"{exc.__class__.__name__}: {exc}"[:300])
+    logger.warning("torch.compile of the Sinkhorn solver failed, falling back to eager mode "
+                   "for the rest of this process (%s)", _COMPILE_BROKEN[0])
+
+
 def _run_core(domain: str, cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iters: int, compile: bool) -> Tensor:
-    """Run one domain's iterations, through ``torch.compile`` when asked and available (eager otherwise)."""
+    """Run one domain's iterations, through ``torch.compile`` when asked and available (eager otherwise).
+
+    Only a failure to compile switches to eager mode (for the rest of the process); an out-of-memory error
+    or any other error while the compiled solver runs is raised as it is, not reported as a compile failure.
+    """
     core = _CORES[domain]
     if not compile or _COMPILE_BROKEN:
         return core(cost, a, b, eps, n_iters)
-    try:
-        fn = _COMPILED.get(domain)
-        if fn is None:
+    fn = _COMPILED.get(domain)
+    if fn is None:
+        try:
             fn = _COMPILED[domain] = torch.compile(core, dynamic=None)
+        except Exception as exc:  # noqa: BLE001 - torch.compile itself refused (unsupported platform ...)
+            _fall_back(exc)
+            return core(cost, a, b, eps, n_iters)
+    try:
         return fn(cost, a, b, eps, n_iters)
-    except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager, say so once
-        _COMPILE_BROKEN.append(f"{exc.__class__.__name__}: {exc}"[:300])
-        logger.warning("torch.compile of the Sinkhorn solver failed, falling back to eager mode "
-                       "for the rest of this process (%s)", _COMPILE_BROKEN[0])
+    except Exception as exc:
+        if _out_of_memory(exc) or not isinstance(exc, _compile_errors()):
+            raise
+        _fall_back(exc)
         return core(cost, a, b, eps, n_iters)
 
 
