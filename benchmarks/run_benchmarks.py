@@ -14,6 +14,8 @@ Writes ``results.json`` and ``results.md`` (a table with each goal and PASS/MISS
 8. SPA's learner at protocol scale (P=196, D=512, C in {100, 200, 300}): training step, scoring and the default
    scope=global path, old formulation (gather features) vs new (gather similarities), peak memory per step in a
    fresh subprocess; on a GPU also CUDA peak memory, bf16 throughput and an 18-split wall-time estimate.
+9. evaluation throughput per stage (test split streamed from the cache vs held on the device) and a warm
+   command (cache hit found by the folder's fingerprint) vs a cold one on 5,000 small PNGs (``gpu_paths.py``).
    ``--sections`` runs a subset of the sections.
 Timings use the median of repeats after a warm-up. No assertion here: the table reports MISS honestly.
 """
@@ -43,6 +45,9 @@ from spacil.config import load_config  # noqa: E402
 from spacil.methods.spa import SPAConfig  # noqa: E402
 from spacil.ot import ot_score, sinkhorn_log, sinkhorn_loop_reference, sinkhorn_plan, uniform_masses  # noqa: E402
 from spacil.methods.spa.learner import SPALearner  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_paths  # noqa: E402  (issue 23's sections: evaluation per stage, warm vs cold cache lookup)
 
 
 def timed(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
@@ -788,7 +793,7 @@ def _encoder_images_per_s(results: dict) -> float | None:
 
 
 SECTIONS = ("sinkhorn", "ot_overhead", "forwards", "memory", "convergence", "throughput", "ot_protocol",
-            "protocol_scale")
+            "protocol_scale", "eval_stages", "warm_start")
 
 
 def main() -> None:
@@ -818,7 +823,9 @@ def main() -> None:
                  "memory": lambda: bench_backward_memory(args), "convergence": lambda: bench_convergence(args),
                  "throughput": lambda: bench_throughput(args, Path(tmp)),
                  "ot_protocol": lambda: bench_ot_protocol(args, threads=args.ot_threads or None),
-                 "protocol_scale": lambda: bench_protocol_scale(args, _encoder_images_per_s(results))}
+                 "protocol_scale": lambda: bench_protocol_scale(args, _encoder_images_per_s(results)),
+                 "eval_stages": lambda: gpu_paths.bench_eval_stages(args.quick),
+                 "warm_start": lambda: gpu_paths.bench_warm_start(args.quick)}
         for name in chosen:
             start = time.perf_counter()
             results[name] = steps[name]()
@@ -830,6 +837,7 @@ def main() -> None:
         table += "\n" + render_ot_protocol(results["ot_protocol"])
     if "protocol_scale" in results:
         table += "\n" + render_protocol_scale(results["protocol_scale"])
+    table += gpu_paths.render_gpu_paths(results)
     (args.out / "results.md").write_text(table)
     print(table)
 
