@@ -59,8 +59,21 @@ def _texts(n_classes: int, dim: int, n_tokens: int = 6):
 
 def bench_eval_stages(quick: bool = False, n_test: int | None = None, n_classes: int | None = None,
                       n_tasks: int | None = None, patches: int | None = None, dim: int | None = None,
-                      batch_size: int = 256, device: str | None = None) -> dict:
-    """Images/s of each stage's evaluation, the test split streamed from the memmap vs held on the device."""
+                      batch_size: int = 256, device: str | None = None, threads: int | None = None) -> dict:
+    """Images/s of each stage's evaluation, the test split streamed from the memmap vs held on the device.
+
+    ``threads`` sets torch's CPU threads for the section (on a shared, busy CPU every parallel region can
+    cost tens of ms of thread start-up; 1 thread measures the work itself)."""
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _eval_stages(quick, n_test, n_classes, n_tasks, patches, dim, batch_size, device)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _eval_stages(quick, n_test, n_classes, n_tasks, patches, dim, batch_size, device) -> dict:
     from spacil.training.harness import predict
     from spacil.training.resident import ResidentFeatures
 
@@ -111,7 +124,7 @@ def bench_eval_stages(quick: bool = False, n_test: int | None = None, n_classes:
         total = {mode: sum(r["images"] for r in stages) / sum(r["images"] / r[f"{mode}_images_per_s"] for r in stages)
                  for mode in ("stream", "device")}
     return {"device": str(dev), "setting": f"{n_test} test images, {n_classes} classes in {n_tasks} tasks, "
-            f"P={patches}, D={dim}, batch {batch_size}", "load_once_s": load_s, "stages": stages,
+            f"P={patches}, D={dim}, batch {batch_size}, {torch.get_num_threads()} CPU threads", "load_once_s": load_s, "stages": stages,
             "stream_images_per_s": total["stream"], "device_images_per_s": total["device"],
             "stream_read_s": sum(r["stream_read_s"] for r in stages),
             "device_read_s": sum(r["device_read_s"] for r in stages),

@@ -802,7 +802,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller problems (smoke test)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile Sinkhorn")
     parser.add_argument("--ot-threads", type=int, default=0,
-                        help="torch threads for the OT protocol-size section (0: leave as is)")
+                        help="torch threads for the OT protocol-size and eval_stages sections (0: leave as is)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one protocol-scale probe
@@ -824,7 +824,7 @@ def main() -> None:
                  "throughput": lambda: bench_throughput(args, Path(tmp)),
                  "ot_protocol": lambda: bench_ot_protocol(args, threads=args.ot_threads or None),
                  "protocol_scale": lambda: bench_protocol_scale(args, _encoder_images_per_s(results)),
-                 "eval_stages": lambda: gpu_paths.bench_eval_stages(args.quick),
+                 "eval_stages": lambda: gpu_paths.bench_eval_stages(args.quick, threads=args.ot_threads or None),
                  "warm_start": lambda: gpu_paths.bench_warm_start(args.quick)}
         for name in chosen:
             start = time.perf_counter()
