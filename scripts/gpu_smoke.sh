@@ -123,12 +123,14 @@ for _ in $(seq 1 600); do  # up to 60 s for the first stage to be written
 done
 wait "$pid" 2>/dev/null
 if [ "$killed" = 1 ] && [ "$(stage_accuracies "$WORKDIR/runs-killed")" = none ]; then
-  cli train "${COMMON[@]}" "${RESUME[@]}" --set "run.output_dir=$WORKDIR/runs-killed" > "$WORKDIR/resumed.log" 2>&1
+  # without -q: the "resuming ... after task N" line is logged at INFO
+  "$PY" -m spacil.cli train "${COMMON[@]}" "${RESUME[@]}" --set "run.output_dir=$WORKDIR/runs-killed" \
+    > "$WORKDIR/resumed.log" 2>&1
   resumed=$(stage_accuracies "$WORKDIR/runs-killed")
   if [ "$full" != none ] && [ "$resumed" = "$full" ] && grep -q "resuming" "$WORKDIR/resumed.log"; then
     record PASS "kill -9 and resume" "same stage accuracies as uninterrupted: $full"
   else
-    record FAIL "kill -9 and resume" "resumed $resumed vs uninterrupted $full (see $WORKDIR/resumed.log)"
+    record FAIL "kill -9 and resume" "resumed $resumed vs uninterrupted $full, or no 'resuming' line (see $WORKDIR/resumed.log)"
   fi
 else
   record FAIL "kill -9 and resume" "could not kill the run after its first task (killed=$killed; raise SLOW_EPOCHS?)"
