@@ -17,6 +17,8 @@ Writes ``results.json`` and ``results.md`` (a table with each goal and PASS/MISS
 8. SPA's learner at protocol scale (P=196, D=512, C in {100, 200, 300}): training step, scoring and the default
    scope=global path, old formulation (gather features) vs new (gather similarities), peak memory per step in a
    fresh subprocess; on a GPU also CUDA peak memory, bf16 throughput and an 18-split wall-time estimate.
+9. evaluation throughput per stage (test split streamed from the cache vs held on the device) and a warm
+   command (cache hit found by the folder's fingerprint) vs a cold one on 5,000 small PNGs (``gpu_paths.py``).
    ``--sections`` runs a subset of the sections.
 Timings use the median of repeats after a warm-up. No assertion here: the table reports MISS honestly.
 
@@ -51,6 +53,9 @@ from spacil.config import load_config  # noqa: E402
 from spacil.methods.spa import SPAConfig  # noqa: E402
 from spacil.ot import ot_score, sinkhorn_log, sinkhorn_loop_reference, sinkhorn_plan, uniform_masses  # noqa: E402
 from spacil.methods.spa.learner import SPALearner  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_paths  # noqa: E402  (issue 23's sections: evaluation per stage, warm vs cold cache lookup)
 
 
 @dataclass
@@ -795,6 +800,18 @@ def render_protocol_scale(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@section("eval_stages")
+def bench_eval_stages(opts: BenchOptions) -> dict:
+    """Evaluation throughput per stage, test split on the device vs streamed from the cache (``gpu_paths.py``)."""
+    return gpu_paths.bench_eval_stages(opts.quick, threads=opts.ot_threads or None)
+
+
+@section("warm_start")
+def bench_warm_start(opts: BenchOptions) -> dict:
+    """A warm command (cache hit) vs a cold one on a folder of small images (``gpu_paths.py``)."""
+    return gpu_paths.bench_warm_start(opts.quick)
+
+
 @section("task_cost")
 def bench_task_cost(opts: BenchOptions) -> dict:
     """SPA's learner time per task on the SUN-397 B0 Inc30 shape (``task_cost.py``): linear in the seen classes?"""
@@ -891,6 +908,7 @@ def render_all(results: dict) -> str:
         table += "\n" + render_ot_protocol(results["ot_protocol"])
     if "protocol_scale" in results:
         table += "\n" + render_protocol_scale(results["protocol_scale"])
+    table += gpu_paths.render_gpu_paths(results)
     if results.get("quick"):
         table = "QUICK MODE (--quick): small sizes, a smoke test; not figures to report.\n\n" + table
     return table
@@ -902,7 +920,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="every section at small sizes, in seconds (smoke test)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile Sinkhorn")
     parser.add_argument("--ot-threads", type=int, default=0,
-                        help="torch threads for the OT protocol-size section (0: leave as is)")
+                        help="torch threads for the OT protocol-size and eval_stages sections (0: leave as is)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one protocol-scale probe

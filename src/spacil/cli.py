@@ -156,9 +156,9 @@ def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
     from .backbone import load_backbone
     from .data.catalog import load_split
     from .features import FeatureCache
-    from .features.distributed import dist_env, get_features_distributed, rank_device, shutdown_distributed
+    from .features import distributed
 
-    env = dist_env()
+    env = distributed.dist_env()
     rank = f"rank {env.rank}/{env.world_size}" if env else ""
     try:
         cfg = load_config(config, set_ or [])
@@ -168,13 +168,15 @@ def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
         # the dataset is checked before the backbone loads: a wrong key or folder fails in seconds
         sources = {name: load_split(cfg.data.dataset, name, cfg.data.root, cfg.data.download)
                    for name in (["train", "test"] if split == "both" else [split])}
-        backbone = load_backbone(cfg.backbone.name, cfg.backbone.checkpoint, rank_device(cfg.backbone.device),
-                                 cfg.backbone.precision, cfg.data.resize)
+        if env is not None:  # the process group (and this rank's CUDA device) first, then the weights onto it
+            distributed.init_distributed()
+        backbone = load_backbone(cfg.backbone.name, cfg.backbone.checkpoint,
+                                 distributed.rank_device(cfg.backbone.device), cfg.backbone.precision, cfg.data.resize)
         cache = FeatureCache(cfg.cache.root, verify=cfg.cache.verify, dtype=cfg.cache.dtype)
         for name, source in sources.items():
-            feats = get_features_distributed(source, backbone, cache, cfg.backbone.batch_size,
-                                             cfg.backbone.num_workers, cfg.data.bad_images,
-                                             progress and (env is None or env.rank == 0))
+            feats = distributed.get_features_distributed(source, backbone, cache, cfg.backbone.batch_size,
+                                                         cfg.backbone.num_workers, cfg.data.bad_images,
+                                                         progress and (env is None or env.rank == 0))
             if env is None or env.rank == 0:
                 typer.echo(f"{cfg.data.dataset}/{name}: {len(feats)} images, {len(feats.skipped)} skipped, "
                            f"global {tuple(feats.global_.shape)}, patches {tuple(feats.patches.shape)} "
@@ -183,7 +185,7 @@ def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
     except USER_ERRORS as exc:
         _fail(exc, rank)
     finally:
-        shutdown_distributed()
+        distributed.shutdown_distributed()
 
 
 @app.command()

@@ -35,7 +35,16 @@ class BackboneConfig(StrictModel):
         "auto", description="'auto' is bf16 autocast on GPU and fp32 on CPU."
     )
     batch_size: int = Field(128, ge=1, description="Images per encoder forward during feature extraction.")
-    num_workers: int = Field(2, ge=0, description="DataLoader workers that decode images.")
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader processes that decode images during extraction, per machine: 'auto' = "
+        "min(8, CPU cores); under torchrun the number is divided over the machine's ranks (at least 1 each).")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("num_workers must be 'auto' or a count >= 0")
+        return v
 
 
 class DataConfig(StrictModel):
@@ -89,8 +98,9 @@ class CacheConfig(StrictModel):
     enabled: bool = True
     root: Path = Field(Path("~/.cache/spacil/features"), description="Folder of the feature cache.")
     verify: Literal["fast", "full"] = Field(
-        "fast", description="'fast' checks manifest, shapes and sizes; 'full' also re-hashes the stored arrays."
-    )
+        "fast", description="'fast' checks manifest, shapes and sizes, and finds an image folder's content hash "
+        "by its fingerprint (paths, sizes, modification times) without reading the images; 'full' also "
+        "re-hashes the stored arrays and every image file.")
     dtype: Literal["float16", "float32"] = Field(
         "float16", description="Storage of the cached features: float16 halves disk and memory (ViT-B/16 patch "
         "tokens of CIFAR-100: ~12 GB); float32 keeps the encoder's output exactly.")
@@ -158,6 +168,11 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     device: str = Field("auto", description="Device for training on cached features.")
     eval_batch_size: int = Field(256, ge=1, description="Images scored at once (memory knob, not a hyperparameter).")
+    eval_features: Literal["device", "stream"] = Field(
+        "device", description="'device' copies the test split's cached features onto the training device once "
+        "per run (patches in cache.dtype: ~200 KB per ViT-B/16 image) and checks them for NaN once; 'stream' "
+        "reads each stage's rows from the cache batch by batch (less device memory, more host traffic). "
+        "Results are identical.")
 
 
 class RunConfig(StrictModel):

@@ -60,6 +60,11 @@ class ImageSource(ABC):
     def content_hash(self) -> str:
         """sha256 over everything that determines the images and labels of this split."""
 
+    def fingerprint(self) -> str | None:
+        """A cheap identity of the split (no image read), under which its content hash can be recorded once;
+        ``None`` where computing the content hash is cheap anyway (images already in memory)."""
+        return None
+
 
 def _open_rgb(path: Path) -> Image.Image:
     try:
@@ -118,6 +123,17 @@ class ImageFolderSource(ImageSource):
 
     def sample_id(self, index: int) -> str:
         return f"{self.split}/{self.relative_paths[index]}"
+
+    def fingerprint(self) -> str:
+        """sha256 of class names, relative paths, labels, file sizes and modification times: one ``stat`` per
+        file instead of reading it (a file rewritten with the same size and time goes unnoticed: that is what
+        ``cache.verify=full`` re-checks)."""
+        digest = hashlib.sha256(b"image-folder-fingerprint-v1\n")
+        digest.update("\n".join(self.class_names).encode())
+        for rel, label in zip(self.relative_paths, self.labels.tolist()):
+            st = os.stat(self.root / self.split / rel)
+            digest.update(f"\n{rel}\t{label}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+        return digest.hexdigest()
 
     def content_hash(self) -> str:
         digest = hashlib.sha256()

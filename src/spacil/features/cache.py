@@ -163,6 +163,14 @@ class FeatureCache:
         return CacheWriter(self, dataset, split, key, key_parts, n, num_patches, dim, list(class_names))
 
 
+def _as_slice(indices: np.ndarray) -> np.ndarray | slice:
+    """``indices`` as a slice when they are consecutive and increasing, else unchanged."""
+    indices = np.asarray(indices)
+    if len(indices) and indices[-1] - indices[0] == len(indices) - 1 and np.all(np.diff(indices) == 1):
+        return slice(int(indices[0]), int(indices[-1]) + 1)
+    return indices
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -230,10 +238,12 @@ class CacheWriter:
         self.filled = np.zeros(n, dtype=bool)
 
     def write(self, indices: np.ndarray, global_: np.ndarray, patches: np.ndarray, labels: np.ndarray) -> None:
-        self.global_[indices] = global_.astype(self.dtype)
-        self.patches[indices] = patches.astype(self.dtype)
-        self.labels[indices] = labels
-        self.filled[indices] = True
+        """Rows ``indices`` (a contiguous run is written as a slice: one copy, no fancy indexing)."""
+        rows = _as_slice(indices)
+        self.global_[rows] = global_.astype(self.dtype, copy=False)
+        self.patches[rows] = patches.astype(self.dtype, copy=False)
+        self.labels[rows] = labels
+        self.filled[rows] = True
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)

@@ -33,6 +33,7 @@ from ..data.datasets import DatasetError, ImageSource
 from ..io import compact_array, new_array, write_json_atomic
 from .cache import CacheError, FeatureCache, FeatureSet, feature_key
 from .extract import check_cached_skips, feature_key_parts, get_features, iterate_features, report_unreadable
+from .writeback import BackgroundWriter
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,16 @@ def dist_env() -> DistEnv | None:
 
 
 def rank_device(device: str) -> str:
-    """``auto`` under torchrun with CUDA means this process's own GPU (``cuda:LOCAL_RANK``)."""
+    """This process's own GPU (``cuda:LOCAL_RANK``) under torchrun with CUDA, for ``auto``, ``cuda`` and any
+    ``cuda:N``: one process per GPU is what torchrun launches, and a bare ``cuda`` (or ``cuda:0``) would put
+    every rank's weights on the first GPU. ``cpu`` and the single-process case are left as asked."""
     env = dist_env()
-    if device == "auto" and env is not None and torch.cuda.is_available():
+    if env is None or not torch.cuda.is_available():
+        return device
+    if device == "auto" or device == "cuda" or device.startswith("cuda:"):
+        if device.startswith("cuda:") and device != f"cuda:{env.local_rank}":
+            logger.info("rank %d: backbone.device=%s means this rank's GPU under torchrun: cuda:%d",
+                        env.rank, device, env.local_rank)
         return f"cuda:{env.local_rank}"
     return device
 
@@ -135,7 +143,7 @@ def _existing_shard(folder: Path, meta: dict) -> dict | None:
 
 
 def _encode_shard(source: ImageSource, backbone: FrozenCLIP, folder: Path, meta: dict, batch_size: int,
-                  num_workers: int, progress: bool, cache_dtype: str = "float16") -> dict:
+                  num_workers: int | str, progress: bool, cache_dtype: str = "float16") -> dict:
     """Encode indices ``[start, stop)`` into ``folder`` (written under a temporary name, then renamed)."""
     start, stop = meta["start"], meta["stop"]
     m = stop - start
@@ -149,15 +157,19 @@ def _encode_shard(source: ImageSource, backbone: FrozenCLIP, folder: Path, meta:
     lab = new_array(tmp / "labels.npy", np.int64, (m,))
     filled = np.zeros(m, dtype=bool)
     failures: list[list] = []
-    for idx, gb, pb, bad in iterate_features(source, backbone, np.arange(start, stop), batch_size, num_workers,
-                                             progress, desc=f"{source.dataset}/{source.split} rank {meta['rank']}"):
-        failures.extend([int(i), reason] for i, reason in bad)
-        if gb is not None:
-            rows = idx - start
-            g[rows] = gb.astype(dtype)
-            p[rows] = pb.astype(dtype)
-            lab[rows] = source.labels[idx]
-            filled[rows] = True
+    def write(rows: np.ndarray, gb: np.ndarray, pb: np.ndarray, labels: np.ndarray) -> None:
+        g[rows] = gb.astype(dtype, copy=False)
+        p[rows] = pb.astype(dtype, copy=False)
+        lab[rows] = labels
+        filled[rows] = True
+
+    with BackgroundWriter() as background:  # the memmap write of a batch overlaps the next forward
+        for idx, gb, pb, bad in iterate_features(source, backbone, np.arange(start, stop), batch_size, num_workers,
+                                                 progress, desc=f"{source.dataset}/{source.split} rank {meta['rank']}",
+                                                 dtype=cache_dtype):
+            failures.extend([int(i), reason] for i, reason in bad)
+            if gb is not None:
+                background.submit(write, idx - start, gb, pb, source.labels[idx])
     keep = np.flatnonzero(filled)
     for arr in (g, p, lab):
         arr.flush()
@@ -215,7 +227,7 @@ def _gather(obj: object, group: object, world_size: int) -> list:
 
 
 def get_features_distributed(source: ImageSource, backbone: FrozenCLIP, cache: FeatureCache, batch_size: int = 128,
-                             num_workers: int = 2, bad_images: str = "skip", progress: bool = True,
+                             num_workers: int | str = "auto", bad_images: str = "skip", progress: bool = True,
                              timeout_s: float = 7200.0) -> FeatureSet:
     """Cached features of ``source``, encoded by all ranks of a torchrun job (or by this process alone).
 
@@ -229,11 +241,12 @@ def get_features_distributed(source: ImageSource, backbone: FrozenCLIP, cache: F
     if bad_images not in {"skip", "error"}:
         raise ValueError("bad_images must be 'skip' or 'error'")
     group = init_distributed(timeout_s)
-    # Only rank 0 hashes the image bytes; every rank checks it sees the same listing and weights.
+    # Only rank 0 finds the content hash (recorded under the folder's fingerprint, else by reading every
+    # image); every rank checks it sees the same listing and weights.
     keyed: dict = {}
     if env.rank == 0:
         try:
-            keyed = {"parts": feature_key_parts(source, backbone, cache.dtype)}
+            keyed = {"parts": feature_key_parts(source, backbone, cache.dtype, cache)}
         except Exception as exc:  # noqa: BLE001 - the other ranks are waiting for the key
             keyed = {"error": f"rank 0: {exc.__class__.__name__}: {exc}"}
     keyed = _broadcast(keyed, group)

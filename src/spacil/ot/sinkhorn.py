@@ -21,7 +21,8 @@ Two equivalent iterations compute it (same updates, same plan in exact arithmeti
   enough for the float type; :func:`choose_domain` states the rule and :func:`sinkhorn_plan` applies it.
 
 :func:`marginal_error` measures how far a plan is from its marginals (one reduction), and
-:func:`ot_score` reports non-converged plans (warning or error) with one host synchronisation per call.
+:func:`ot_score` reports non-converged plans (warning or error) with one host synchronisation per call,
+or, inside :func:`deferred_convergence_checks`, one for the whole block (a scoring pass of many batches).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Callable, Literal
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator, Literal
 
 import torch
 from torch import Tensor
@@ -40,6 +43,7 @@ __all__ = [
     "EXP_DOMAIN_MAX_EXPONENT",
     "SinkhornConvergenceError",
     "choose_domain",
+    "deferred_convergence_checks",
     "marginal_error",
     "ot_score",
     "reset_convergence_warnings",
@@ -186,20 +190,52 @@ _COMPILED: dict[str, Callable[..., Tensor]] = {}
 _COMPILE_BROKEN: list[str] = []  # a message once torch.compile has failed: eager from then on
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """A device out-of-memory error, raised directly or wrapped by the compiler (its cause chain)."""
+    while exc is not None:
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """What a failing compilation raises when the compiled function first runs (dynamo wraps the backend's
+    errors, e.g. no C++ compiler, in its own exception types)."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError
+
+    return (TorchDynamoException, CppCompileError)
+
+
+def _fall_back(exc: BaseException) -> None:
+    _COMPILE_BROKEN.append(f"{exc.__class__.__name__}: {exc}"[:300])
+    logger.warning("torch.compile of the Sinkhorn solver failed, falling back to eager mode "
+                   "for the rest of this process (%s)", _COMPILE_BROKEN[0])
+
+
 def _run_core(domain: str, cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iters: int, compile: bool) -> Tensor:
-    """Run one domain's iterations, through ``torch.compile`` when asked and available (eager otherwise)."""
+    """Run one domain's iterations, through ``torch.compile`` when asked and available (eager otherwise).
+
+    Only a failure to compile switches to eager mode (for the rest of the process); an out-of-memory error
+    or any other error while the compiled solver runs is raised as it is, not reported as a compile failure.
+    """
     core = _CORES[domain]
     if not compile or _COMPILE_BROKEN:
         return core(cost, a, b, eps, n_iters)
-    try:
-        fn = _COMPILED.get(domain)
-        if fn is None:
+    fn = _COMPILED.get(domain)
+    if fn is None:
+        try:
             fn = _COMPILED[domain] = torch.compile(core, dynamic=None)
+        except Exception as exc:  # noqa: BLE001 - torch.compile itself refused (unsupported platform ...)
+            _fall_back(exc)
+            return core(cost, a, b, eps, n_iters)
+    try:
         return fn(cost, a, b, eps, n_iters)
-    except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager, say so once
-        _COMPILE_BROKEN.append(f"{exc.__class__.__name__}: {exc}"[:300])
-        logger.warning("torch.compile of the Sinkhorn solver failed, falling back to eager mode "
-                       "for the rest of this process (%s)", _COMPILE_BROKEN[0])
+    except Exception as exc:
+        if _out_of_memory(exc) or not isinstance(exc, _compile_errors()):
+            raise
+        _fall_back(exc)
         return core(cost, a, b, eps, n_iters)
 
 
@@ -285,20 +321,57 @@ def reset_convergence_warnings() -> None:
     _WARNED.clear()
 
 
+#: Inside :func:`deferred_convergence_checks`: the checks collected so far, each a device scalar (the largest
+#: marginal error of one call) with what its report needs; ``None`` outside.
+_DEFERRED: ContextVar[list | None] = ContextVar("spacil_deferred_ot_checks", default=None)
+
+
+@contextmanager
+def deferred_convergence_checks() -> Iterator[None]:
+    """Collect the convergence checks of every :func:`ot_score` call in the block on the device and report
+    them once at its end: one host synchronisation for a whole scoring or training pass instead of one per
+    batch (on a GPU each is a pipeline stall). Same warnings and errors as immediate checks, raised at the
+    end of the block; nested blocks join the outermost one.
+    """
+    if _DEFERRED.get() is not None:
+        yield
+        return
+    pending: list = []
+    token = _DEFERRED.set(pending)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+    if pending:
+        errors = torch.stack([err.to(pending[0][0].device) for err, _ in pending]).tolist()  # the one sync
+        for value, (_, report) in zip(errors, pending):
+            _judge(value, *report)
+
+
 def _report_convergence(plan: Tensor, a: Tensor, b: Tensor, mode: str, tol: float, eps: float, n_iters: int,
                         domain: str) -> None:
-    """One reduction and one host synchronisation: warn (once per setting) or raise if the plans missed."""
+    """One reduction and one host synchronisation (or none, deferred): warn (once per setting) or raise if
+    the plans missed."""
     if mode == "off":
         return
     if mode not in ("warn", "error"):
         raise ValueError(f"check_convergence must be 'off', 'warn' or 'error', got {mode!r}")
     if plan.numel() == 0:
         return
-    err = float(marginal_error(plan.detach(), a.detach(), b.detach()).max())  # the one sync
+    err = marginal_error(plan.detach(), a.detach(), b.detach()).max()
+    report = (mode, tol, eps, n_iters, domain, plan[..., 0, 0].numel())
+    pending = _DEFERRED.get()
+    if pending is not None:
+        pending.append((err, report))
+        return
+    _judge(float(err), *report)  # the one sync
+
+
+def _judge(err: float, mode: str, tol: float, eps: float, n_iters: int, domain: str, n_problems: int) -> None:
     if err <= tol:  # False for NaN too
         return
     msg = (f"Sinkhorn plans not converged: marginal error {err:.3g} > tolerance {tol:g} (max over "
-           f"{plan[..., 0, 0].numel()} problems; eps={eps:g}, {n_iters} iterations, {domain} domain). "
+           f"{n_problems} problems; eps={eps:g}, {n_iters} iterations, {domain} domain). "
            "Raise the iterations or eps (method.spa.ot.iterations / eps), or set method.spa.ot.check_convergence.")
     if mode == "error":
         raise SinkhornConvergenceError(msg)

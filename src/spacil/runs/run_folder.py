@@ -46,10 +46,11 @@ VALIDATION_PREFIX, VALIDATION_COUNT = "val_", "n_val"
 
 #: Settings that cannot change a run's results, left out of its key so that moving a run to another
 #: machine (other data path, cores, memory) or asking for other side outputs resumes it instead of
-#: starting over: where the data and results live, loader workers, scoring batch size, optional outputs.
+#: starting over: where the data and results live, loader workers, scoring batch size and where the test
+#: features are held while scoring, optional outputs.
 #: ``cache.root``/``cache.enabled``/``cache.verify`` only decide where features are kept and how hard they are checked.
 RESULT_NEUTRAL_FIELDS = ("data.root", "data.download", "backbone.num_workers", "train.eval_batch_size",
-                         "cache.root", "cache.enabled", "cache.verify", "run")
+                         "train.eval_features", "cache.root", "cache.enabled", "cache.verify", "run")
 
 #: The validation split's settings, left out of the key while ``data.validation_fraction`` is 0 (then they
 #: change nothing), so runs without a validation split keep the keys they had before the split existed.

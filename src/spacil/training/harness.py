@@ -17,7 +17,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -34,9 +34,11 @@ from ..errors import UsageError
 from ..evaluation.metrics import IncrementalMetrics, StageResult, evaluate_stage, stage_from_row
 from ..features import FeatureCache, FeatureSet, get_features
 from ..methods import FeatureBatch, Learner, TaskContext, get_method, make_learner
+from ..ot import deferred_convergence_checks
 from ..runs import RunFolder
 from ..runs.run_folder import VALIDATION_COUNT, VALIDATION_PREFIX
 from ..text import ClassTexts, build_class_texts
+from .resident import ResidentFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,14 @@ class PreparedData:
     train_labels: np.ndarray  # new labels of train rows
     test_labels: np.ndarray  # new labels of test rows
     descriptions: dict | None = None  # what the methods' prepare hooks recorded (SPA: where its phrases came from)
+    resident_test: dict[str, ResidentFeatures] = field(default_factory=dict, repr=False)  # device -> test split
+
+    def test_on(self, device: torch.device) -> ResidentFeatures:
+        """The test split held on ``device``, copied (and checked finite) on first use, shared by every run
+        and stage that uses this data."""
+        if str(device) not in self.resident_test:
+            self.resident_test[str(device)] = ResidentFeatures.load(self.test, self.test_labels, device)
+        return self.resident_test[str(device)]
 
     @property
     def feature_keys(self) -> dict[str, str]:
@@ -120,14 +130,25 @@ def load_rows(features: FeatureSet, rows: np.ndarray, new_labels: np.ndarray, de
 
 @torch.no_grad()
 def predict(learner: Learner, features: FeatureSet, rows: np.ndarray, new_labels: np.ndarray, n_seen: int,
-            device: torch.device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted and true new labels of ``rows``, scored in batches against the ``n_seen`` classes."""
-    preds, targets = [], []
-    for start in range(0, len(rows), batch_size):
-        batch = load_rows(features, rows[start:start + batch_size], new_labels, device)
-        preds.append(learner.logits(batch, n_seen).argmax(dim=-1).cpu())
-        targets.append(batch.labels.cpu())
-    return torch.cat(preds).numpy(), torch.cat(targets).numpy()
+            device: torch.device, batch_size: int, resident: ResidentFeatures | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true new labels of ``rows`` (sorted), scored in batches against the ``n_seen`` classes.
+
+    With ``resident`` (the rows of ``features`` already on ``device``) no row is read from the cache; either
+    way the predictions stay on the device until one copy at the end (no host sync per batch).
+    """
+    rows = np.sort(rows)
+    index = torch.from_numpy(rows.astype(np.int64)).to(device) if resident is not None else None
+    preds = []
+    with deferred_convergence_checks():  # one host sync for the pass, not one per batch
+        for start in range(0, len(rows), batch_size):
+            if index is not None:
+                batch = resident.batch(index[start:start + batch_size])
+            else:
+                batch = load_rows(features, rows[start:start + batch_size], new_labels, device)
+            preds.append(learner.logits(batch, n_seen).argmax(dim=-1))
+    predicted = torch.cat(preds).cpu().numpy() if preds else np.zeros(0, dtype=np.int64)
+    return predicted, new_labels[rows].astype(np.int64)
 
 
 def task_context(config: Config, data: PreparedData, task: int, device: torch.device) -> TaskContext:
@@ -136,16 +157,21 @@ def task_context(config: Config, data: PreparedData, task: int, device: torch.de
 
 
 def evaluate_rows(learner: Learner, data: PreparedData, ctx: TaskContext, batch_size: int, features: FeatureSet,
-                  rows: np.ndarray, new_labels: np.ndarray) -> StageResult:
-    """Accuracy after task ``ctx.task`` on those of ``rows`` whose class has been seen so far."""
+                  rows: np.ndarray, new_labels: np.ndarray, resident: "ResidentFeatures | None" = None) -> StageResult:
+    """Accuracy after task ``ctx.task`` on those of ``rows`` whose class has been seen so far (``resident``: the
+    split already held on the device)."""
     rows = rows[new_labels[rows] < ctx.n_seen]
-    preds, targets = predict(learner, features, rows, new_labels, ctx.n_seen, ctx.device, batch_size)
+    preds, targets = predict(learner, features, rows, new_labels, ctx.n_seen, ctx.device, batch_size, resident)
     return evaluate_stage(ctx.task, preds, targets, data.scenario.task_of_label(np.arange(data.scenario.n_classes)))
 
 
-def evaluate_task(learner: Learner, data: PreparedData, ctx: TaskContext, batch_size: int) -> StageResult:
-    """Accuracy after task ``ctx.task`` on the test images of every class seen so far."""
-    return evaluate_rows(learner, data, ctx, batch_size, data.test, np.arange(len(data.test)), data.test_labels)
+def evaluate_task(learner: Learner, data: PreparedData, ctx: TaskContext, batch_size: int,
+                  on_device: bool = True) -> StageResult:
+    """Accuracy after task ``ctx.task`` on the test images of every class seen so far (the test split held on
+    the device when ``on_device``, else read from the cache batch by batch)."""
+    resident = data.test_on(ctx.device) if on_device else None
+    return evaluate_rows(learner, data, ctx, batch_size, data.test, np.arange(len(data.test)), data.test_labels,
+                         resident)
 
 
 def validation_split(config: Config, data: PreparedData) -> np.ndarray:
@@ -196,9 +222,11 @@ def run_experiment(config: Config, data: PreparedData | None = None, progress: b
             ctx = task_context(config, data, task, device)
             train_rows = np.flatnonzero(np.isin(data.train_labels, list(ctx.new_classes)) & ~held_out)
             start = time.perf_counter()
-            stats = learner.learn_task(ctx, load_rows(data.train, train_rows, data.train_labels, device))
+            with deferred_convergence_checks():  # OT checks of the task's scoring passes: one host sync
+                stats = learner.learn_task(ctx, load_rows(data.train, train_rows, data.train_labels, device))
             train_seconds = time.perf_counter() - start
-            result = evaluate_task(learner, data, ctx, config.train.eval_batch_size)
+            result = evaluate_task(learner, data, ctx, config.train.eval_batch_size,
+                                   config.train.eval_features == "device")
             metrics.add(result)
             validation = None
             if val_metrics is not None:
@@ -247,5 +275,5 @@ def evaluate_run(folder: Path, progress: bool = True) -> IncrementalMetrics:
     for task in range(data.scenario.n_tasks):
         learner = restore_learner(config, data, folder, task, device)
         metrics.add(evaluate_task(learner, data, task_context(config, data, task, device),
-                                  config.train.eval_batch_size))
+                                  config.train.eval_batch_size, config.train.eval_features == "device"))
     return metrics

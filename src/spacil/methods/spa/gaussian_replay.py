@@ -72,12 +72,24 @@ class GaussianBank:
 
     def sample(self, labels: list[int], per_class: int, generator: torch.Generator, device: torch.device,
                tokens_per_sample: int | None = None) -> tuple[Tensor, Tensor]:
-        """Pseudo-features ``[n, D]`` (or ``[n, tokens_per_sample, D]``) and their labels ``[n]``."""
-        means = torch.stack([self.means[c] for c in labels]).to(device)  # [C, D]
-        factors = torch.stack([self.factors[c] for c in labels]).to(device)  # [C, D, D]
+        """Pseudo-features ``[n, D]`` (or ``[n, tokens_per_sample, D]``) and their labels ``[n]``.
+
+        ``labels`` may repeat a class (one entry per pseudo-sample): each class's Cholesky factor is then
+        used once for all its entries instead of being stacked per entry (``[n, D, D]``: 1 MB per entry at
+        D = 512). The random stream is the same either way: one normal draw shaped by ``len(labels)``.
+        """
+        classes = list(dict.fromkeys(labels))  # first appearance order
+        means = torch.stack([self.means[c] for c in classes]).to(device)  # [U, D]
+        factors = torch.stack([self.factors[c] for c in classes]).to(device)  # [U, D, D]
         shape = (len(labels), per_class * (tokens_per_sample or 1), means.shape[1])
         z = torch.randn(shape, generator=generator, device=device)
-        x = means[:, None, :] + torch.einsum("cij,cnj->cni", factors, z)
+        if len(classes) == len(labels):
+            x = means[:, None, :] + torch.einsum("cij,cnj->cni", factors, z)
+        else:
+            x = torch.empty_like(z)
+            for i, c in enumerate(classes):
+                rows = torch.tensor([j for j, label in enumerate(labels) if label == c], device=device)
+                x[rows] = means[i] + z[rows] @ factors[i].T
         y = torch.tensor(labels, device=device).repeat_interleave(per_class)
         if tokens_per_sample:
             return x.reshape(len(labels) * per_class, tokens_per_sample, -1), y
@@ -91,10 +103,13 @@ class GaussianBank:
                 f"{prefix}.means": torch.stack([self.means[c] for c in labels]).cpu(),
                 f"{prefix}.factors": torch.stack([self.factors[c] for c in labels]).cpu()}
 
-    def load_state(self, state: dict[str, Tensor], prefix: str) -> None:
+    def load_state(self, state: dict[str, Tensor], prefix: str, device: torch.device | str = "cpu") -> None:
+        """Restore :meth:`state` onto ``device``: the classes a later task adds are computed there, and one
+        bank must not mix devices (sampling stacks all of its classes)."""
         self.means, self.factors = {}, {}
         if f"{prefix}.labels" not in state:
             return
+        means, factors = state[f"{prefix}.means"].to(device), state[f"{prefix}.factors"].to(device)
         for i, c in enumerate(state[f"{prefix}.labels"].tolist()):
-            self.means[c] = state[f"{prefix}.means"][i]
-            self.factors[c] = state[f"{prefix}.factors"][i]
+            self.means[c] = means[i]
+            self.factors[c] = factors[i]

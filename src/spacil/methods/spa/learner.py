@@ -572,7 +572,7 @@ class SPALearner(Learner):
         self.task_starts = state["task_starts"].tolist() if "task_starts" in state else []
         self.n_patches = int(state["n_patches"]) if "n_patches" in state else 0
         self.task_bias = state["task_bias"].to(ctx.device) if "task_bias" in state else None
-        self.global_bank.load_state(state, "bank.global")
-        self.patch_bank.load_state(state, "bank.patch")
-        self.context_bank.load_state(state, "bank.context")
+        self.global_bank.load_state(state, "bank.global", ctx.device)
+        self.patch_bank.load_state(state, "bank.patch", ctx.device)
+        self.context_bank.load_state(state, "bank.context", ctx.device)
         self.tasks_learned = ctx.task + 1
