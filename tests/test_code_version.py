@@ -21,7 +21,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "spacil"
 
 
 def _train(src: Path, image_folder: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    sets = [f"data.root={image_folder}", "data.init_cls=2", "data.increment=2", "method.name=simplecil",
+    sets = ["backbone.name=tiny-test", f"data.root={image_folder}", "data.init_cls=2", "data.increment=2",
+            "method.name=simplecil",
             f"cache.root={tmp_path / 'cache'}", f"run.output_dir={tmp_path / 'runs'}", "backbone.num_workers=0",
             "run.plots=false", *extra]
     cmd = [sys.executable, "-m", "spacil.cli", "-q", "train", "--no-progress"] + [a for s in sets for a in ("--set", s)]

@@ -112,7 +112,7 @@ def test_torchrun_rank_gets_its_own_gpu(monkeypatch, asked):
     assert rank_device(asked) == asked  # a single process keeps what it asked for
 
 
-def test_torchrun_extract_sets_the_device_before_loading_the_backbone(monkeypatch):
+def test_torchrun_extract_sets_the_device_before_loading_the_backbone(monkeypatch, image_folder):
     """Bug 2: the backbone was loaded before ``init_distributed`` called ``set_device``."""
     from typer.testing import CliRunner
 
@@ -131,7 +131,8 @@ def test_torchrun_extract_sets_the_device_before_loading_the_backbone(monkeypatc
         raise UsageError("stop here")  # the rest of extraction is not what this test is about
 
     monkeypatch.setattr(spacil.backbone, "load_backbone", fake_load)
-    result = CliRunner().invoke(app, ["extract", "--set", "backbone.device=cuda"])
+    result = CliRunner().invoke(app, ["extract", "--set", "backbone.device=cuda", "--set", "backbone.name=tiny-test",
+                                      "--set", f"data.root={image_folder}"])
     assert "stop here" in result.output
     assert events == ["process group + set_device", "backbone on cuda:1"]
 

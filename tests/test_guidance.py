@@ -156,4 +156,4 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError):
         select_guidance(x, -1, 1, seed=0)
     with pytest.raises(ValueError):
-        select_guidance(x, 1, 1, seed=0, method="random")
+        select_guidance(x, 1, 1, seed=0, method="medoid")

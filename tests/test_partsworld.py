@@ -306,7 +306,7 @@ def test_write_image_folder(tmp_path, specs50):
     with Image.open(root / "train" / names[1] / "00001.png") as img:
         assert np.array_equal(_arr(img.convert("RGB")), _arr(items[3].image))
 
-    doc = json.loads((root / "descriptions.json").read_text(encoding="utf-8"))
+    doc = json.loads((root / "ground_truth_descriptions.json").read_text(encoding="utf-8"))
     validate_document(doc, expected_dataset="partsworld")
     blob = json.dumps(doc["classes"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     assert doc["checksum"] == "sha256:" + hashlib.sha256(blob).hexdigest()

@@ -70,7 +70,7 @@ def test_records_from_comparison_rows(script):
 
 def test_default_variants_are_the_core_rows_without_spa_ablations(script):
     variants = script.default_result_variants()
-    assert variants[:5] == ["zeroshot", "simplecil", "clsonly", "spa", "ranpac"]
+    assert variants[:6] == ["zeroshot", "simplecil", "clsonly", "clsonly_desc", "spa", "ranpac"]
     assert not any(v.startswith("spa_") for v in variants)
 
 

@@ -173,7 +173,8 @@ def test_cli_train_prints_validation_accuracy(image_folder, tmp_path):
 
     from spacil.cli import app
 
-    sets = [f"data.root={image_folder}", "data.init_cls=2", "data.increment=2", f"cache.root={tmp_path / 'cache'}",
+    sets = ["backbone.name=tiny-test", f"data.root={image_folder}", "data.init_cls=2", "data.increment=2",
+            f"cache.root={tmp_path / 'cache'}",
             "backbone.num_workers=0", "method.name=simplecil", f"run.output_dir={tmp_path / 'runs'}",
             "run.plots=false", "data.validation_fraction=0.34"]
     result = CliRunner().invoke(app, ["train", *[a for s in sets for a in ("--set", s)], "--no-progress"])

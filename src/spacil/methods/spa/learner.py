@@ -18,6 +18,7 @@ task, ``bias`` (one offset per task) is fitted on balanced pseudo-features of ev
 from __future__ import annotations
 
 import logging
+import random
 from typing import TYPE_CHECKING
 
 import torch
@@ -372,7 +373,10 @@ class SPALearner(Learner):
                 pool_fixed = torch.cat([self._pool_rows(c, cfg.replay.samples_per_class, ctx.n_seen, side)
                                         for c in old])
         per_class = cfg.replay.samples_per_class
-        pseudo_labels = torch.tensor(old, dtype=torch.long).repeat_interleave(per_class)  # host copy: no sync
+        # the pseudo-features' order and labels live on the host as Python ints (class-major like the draws):
+        # choosing a step's pseudo-features never waits for the device
+        pseudo_labels = [c for c in old for _ in range(per_class)]
+        host_rng = random.Random(ctx.seed)
         last_loss = torch.zeros(())
         for _epoch in range(tc.epochs):
             order = torch.randperm(n, generator=cpu_gen).to(ctx.device)
@@ -380,8 +384,9 @@ class SPALearner(Learner):
                 # global and patch Gaussians are independent, so fresh global draws paired with the pooled
                 # patch scores of the same class are distributed like fresh (global, patch) draws
                 pg, py = self.global_bank.sample(old, per_class, dev_gen, ctx.device)
-                pseudo_order = torch.randperm(len(py), generator=cpu_gen)
-                pseudo_per_step = min(cfg.replay.max_pseudo_per_step, -(-len(py) // steps_per_epoch))
+                pseudo_order = list(range(len(pseudo_labels)))
+                host_rng.shuffle(pseudo_order)
+                pseudo_per_step = min(cfg.replay.max_pseudo_per_step, -(-len(pseudo_order) // steps_per_epoch))
             for step in range(steps_per_epoch):
                 idx = order[step * tc.batch_size:(step + 1) * tc.batch_size]
                 side = self.class_side(ctx.n_seen)
@@ -401,9 +406,9 @@ class SPALearner(Learner):
                     loss = loss + cfg.patch_loss_weight * aux
                 if old:
                     j = pseudo_order[step * pseudo_per_step:(step + 1) * pseudo_per_step]
-                    if len(j):
+                    if j:
                         loss = loss + cfg.replay.loss_weight * self._pseudo_loss(
-                            pg, py, j, pseudo_labels, pool_fixed, side, new, dev_gen, patch_replay)
+                            pg, py, j, [pseudo_labels[i] for i in j], pool_fixed, side, new, dev_gen, patch_replay)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -411,17 +416,17 @@ class SPALearner(Learner):
                 last_loss = loss.detach()
         return float(last_loss)
 
-    def _pseudo_loss(self, pg: Tensor, py: Tensor, j: Tensor, pseudo_labels: Tensor, pool_fixed: Tensor | None,
+    def _pseudo_loss(self, pg: Tensor, py: Tensor, j: list[int], labels: list[int], pool_fixed: Tensor | None,
                      side: dict[str, Tensor], new: range, generator: torch.Generator, patch_replay: bool) -> Tensor:
-        """Cross-entropy of the pseudo-features ``j`` of old classes (they also serve as negatives of the new
-        classes' patch projector)."""
-        j_dev = j.to(py.device)
+        """Cross-entropy of the pseudo-features ``j`` (of classes ``labels``) of old classes; they also serve as
+        negatives of the new classes' patch projector."""
+        j_dev = torch.tensor(j, device=py.device)
         patch = None
         if patch_replay:
             if pool_fixed is not None:
                 patch = pool_fixed[j_dev]
             else:  # drawn per step for this step's labels: an epoch's pseudo patch sets at once would not fit
-                pseudo = self._pseudo_patches(pseudo_labels[j].tolist(), 1, generator)
+                pseudo = self._pseudo_patches(labels, 1, generator)
                 if self._learned_patches:
                     with torch.no_grad():
                         old_part = self.branch_scores(pseudo, side, range(new.start))[0]
