@@ -322,6 +322,6 @@ def test_readme_is_short_with_setup_and_caveats_first_and_links_that_resolve():
         assert caveat in first, caveat
     assert "<!-- partsworld-results:start -->" in first  # the block scripts/partsworld_results.py rewrites
     links = set(re.findall(r"\]\(((?:docs/)[^)#]+)", "\n".join(lines)))
-    assert {"docs/method.md", "docs/results.md", "docs/protocol.md", "docs/layout.md", "docs/benchmarks.md"} <= links
+    assert {"docs/method.md", "docs/results.md", "docs/protocol.md", "docs/layout.md", "docs/performance.md"} <= links
     missing = sorted(l for l in links if not (ROOT / l).is_file() and l not in PAGES_WRITTEN_ELSEWHERE)
     assert not missing, missing
