@@ -48,7 +48,7 @@ from .description_texts import add_description_embeddings, check_descriptions, d
 from .lda import IncrementalLDA
 from .proof_parts import clip_loss
 from .registry import register_method
-from .seeded import linear, make_generator, minibatches
+from .seeded import linear, make_generator, minibatches, set_cosine_lr
 
 if TYPE_CHECKING:
     from ..backbone import FrozenCLIP
@@ -129,9 +129,7 @@ class ENGINE(Learner):
         n_old = ctx.new_classes.start
         loss_sum, steps = 0.0, 0
         for epoch in range(cfg.epochs):
-            lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * epoch / cfg.epochs))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_cosine_lr(optimizer, epoch, cfg.epochs, cfg.lr, cfg.min_lr)
             for idx in minibatches(len(y), cfg.batch_size, generator):
                 loss = self._loss(x[idx], y[idx], n_old, generator)
                 optimizer.zero_grad()

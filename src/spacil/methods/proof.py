@@ -27,7 +27,6 @@ batch size 1) and the image feature entering the attention is normalised as in t
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,7 @@ from ..schema import StrictModel
 from .base import FeatureBatch, Learner, TaskContext
 from .proof_parts import FusionAttention, clip_loss, herding
 from .registry import register_method
-from .seeded import linear, make_generator, minibatches
+from .seeded import linear, make_generator, minibatches, set_cosine_lr
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +132,7 @@ class PROOF(Learner):
         self.attention.train()
         loss_sum, steps = 0.0, 0
         for epoch in range(cfg.epochs):
-            lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * epoch / cfg.epochs))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_cosine_lr(optimizer, epoch, cfg.epochs, cfg.lr, cfg.min_lr)
             for idx in minibatches(len(y), cfg.batch_size, generator):
                 loss = self._loss(x[idx], y[idx], ctx.n_seen, generator)
                 optimizer.zero_grad()

@@ -44,3 +44,12 @@ def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator
     order = torch.randperm(n, generator=generator, device=generator.device)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
+
+
+def set_cosine_lr(optimizer: "torch.optim.Optimizer", epoch: int, epochs: int, lr: float, min_lr: float) -> None:
+    """Epoch-wise cosine schedule of the reference code (PROOF, ENGINE): ``min_lr + (lr - min_lr)(1 + cos(pi e/E))/2``."""
+    import math
+
+    value = min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * epoch / epochs))
+    for group in optimizer.param_groups:
+        group["lr"] = value
