@@ -75,3 +75,19 @@ def test_adapter_weights_after_a_task_are_the_svd_fusion_of_before_and_trained(m
     assert torch.allclose(learner.adapter.weight, svd_fusion(before, trained["new"], 0.6), atol=1e-6)
     assert stats["hard_pairs"] == len(hard_pairs(learner.texts[:8], 4, 0.55))
     assert len(learner.gaussians) == 8
+
+
+def test_replay_visits_every_old_class_each_epoch_whatever_the_task_size():
+    from spacil.methods.rapf import replay_classes_per_batch
+
+    assert replay_classes_per_batch(90, 50, None) == 2  # CIFAR 10-10, last task: the authors' hand-set 2
+    assert replay_classes_per_batch(40, 5, None) == 8  # parts world, last task: 5 batches must cover 40 classes
+    assert replay_classes_per_batch(40, 5, 3) == 3  # a fixed value wins
+    texts, train = toy_texts(), toy_features(1)
+    learner = RAPF(RAPFConfig(epochs=1, batch_size=10_000, beta=0.1))  # one batch per epoch, 4 old classes
+    learn(learner, train, texts, tasks=(0,))
+    seen = []
+    sample = learner.gaussians.sample
+    learner.gaussians.sample = lambda labels, generator: (seen.append(labels.clone()), sample(labels, generator))[1]
+    learner.learn_task(toy_ctx(1, texts), train.index(train.labels >= 4))
+    assert set(seen[0].tolist()) == {0, 1, 2, 3}  # the first draw of the epoch is the cross-entropy replay
