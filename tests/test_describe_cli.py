@@ -65,3 +65,29 @@ def test_describe_finishes_against_a_server_without_json_modes(image_folder, tmp
         assert failed.exit_code != 0 and "Traceback" not in failed.output
         assert len(failed.output.strip().splitlines()) == 1, failed.output
     assert sum(server.requests.values()) == 10
+
+
+def test_guidance_images_skip_the_validation_rows(image_folder, tmp_path):
+    """Validation accuracy must not score images the descriptions were written from."""
+    from spacil.config import load_config
+    from spacil.data.validation import validation_mask
+    from spacil.descriptions.pipeline import DescribeSettings, guidance_requests
+    from spacil.features import FeatureCache, get_features
+    from spacil.backbone import load_backbone
+    from spacil.data.catalog import load_split
+
+    overrides = [f"data.root={image_folder}", f"cache.root={tmp_path / 'cache'}", "backbone.num_workers=0",
+                 "data.validation_fraction=0.5"]
+    config = load_config(None, overrides)
+    settings = DescribeSettings(model="unused", output=tmp_path / "d.json", cache=tmp_path / "c.jsonl",
+                                n_representative=1, n_diverse=1)
+    requests = guidance_requests(config, settings, progress=False)
+    source = load_split(config.data.dataset, "train", config.data.root, False)
+    backbone = load_backbone(config.backbone.name, config.backbone.checkpoint, "cpu", "fp32", config.data.resize)
+    feats = get_features(source, backbone, FeatureCache(config.cache.root, config.cache.verify, config.cache.dtype),
+                         8, 0, progress=False)
+    held = validation_mask(feats.labels, feats.sample_ids, 0.5, config.data.validation_seed)
+    validation_ids = {sid for sid, h in zip(feats.sample_ids, held) if h}
+    assert len(validation_ids) == 12  # 3 of each class's 6 training images
+    assert all(len(r.image_ids) == 2 for r in requests)
+    assert not {i for r in requests for i in r.image_ids} & validation_ids

@@ -43,10 +43,15 @@ class DescribeSettings:
 
 
 def guidance_requests(config: Config, settings: DescribeSettings, progress: bool = True) -> list[ClassImages]:
-    """Per class, the guidance images (file paths where the dataset has files, else PIL images)."""
+    """Per class, the guidance images (file paths where the dataset has files, else PIL images).
+
+    They are picked among the training images the runs train on: the rows ``data.validation_fraction`` holds
+    out are skipped, so validation accuracy never scores images the descriptions were written from.
+    """
     from ..backbone import load_backbone
     from ..data.catalog import load_split
     from ..data.datasets import ImageFolderSource
+    from ..data.validation import validation_mask
     from ..features import FeatureCache, get_features
 
     source = load_split(config.data.dataset, "train", config.data.root, config.data.download)
@@ -57,9 +62,11 @@ def guidance_requests(config: Config, settings: DescribeSettings, progress: bool
     row_of_id = {sid: i for i, sid in enumerate(source.sample_id(i) for i in range(len(source)))}
     global_ = np.asarray(feats.global_, dtype=np.float32)
     global_ /= np.linalg.norm(global_, axis=1, keepdims=True).clip(min=1e-12)
+    held_out = validation_mask(feats.labels, feats.sample_ids, config.data.validation_fraction,
+                               config.data.validation_seed, feats.class_names)
     requests = []
     for label, name in enumerate(feats.class_names):
-        rows = np.flatnonzero(feats.labels == label)
+        rows = np.flatnonzero((feats.labels == label) & ~held_out)
         if rows.size == 0:
             raise UsageError(f"class {name!r} has no readable training images")
         picked = select_guidance(global_[rows], settings.n_representative, settings.n_diverse,
@@ -85,7 +92,7 @@ def describe_dataset(config: Config, settings: DescribeSettings,
     summary = generator.generate(requests, progress=progress, on_failure=settings.on_failure)  # type: ignore[arg-type]
     if summary.complete:
         selection = (f"{settings.n_representative} representative ({settings.selection}) + {settings.n_diverse} "
-                     f"diverse (farthest-point) training images per class chosen from frozen "
+                     f"diverse (farthest-point) training images per class (validation rows excluded) chosen from frozen "
                      f"{config.backbone.name} features, seed {settings.seed}")
         export_description_file(summary.entries, [r.name for r in requests], config.data.dataset, settings.output,
                                 image_selection=selection)

@@ -228,6 +228,8 @@ def describe_world(config: "Config", root: Path, settings: DescriberSettings, pr
     manifest_bytes = (Path(root) / "manifest.json").read_bytes()
     tag = hashlib.sha256("\n".join([settings.model_name, settings.model_dump_json(), config.backbone.name,
                                     str(config.backbone.checkpoint), config.data.resize,
+                                    # guidance images skip the validation rows, so the split is part of the key
+                                    f"{config.data.validation_fraction}:{config.data.validation_seed}",
                                     hashlib.sha256(manifest_bytes).hexdigest()]).encode()).hexdigest()[:12]
     output = Path(root) / f"descriptions-simulated-{tag}.json"
     if output.is_file():
@@ -249,6 +251,8 @@ def describe_world(config: "Config", root: Path, settings: DescriberSettings, pr
     chosen = ("random training images (ablation)" if settings.guidance == "random" else
               f"{settings.n_representative} representative ({settings.guidance}) + {settings.n_diverse} diverse "
               "(farthest-point)")
+    if config.data.validation_fraction > 0:
+        chosen += f" non-validation (data.validation_fraction {config.data.validation_fraction})"
     produced_by = (f"Simulated multimodal describer {settings.model_name} (spacil.partsworld.describer), standing in "
                    f"for an LLM: one spa-cil describe request per class showing {chosen} training images chosen from "
                    f"frozen {config.backbone.name} features (seed {settings.seed}; listed per class in "
