@@ -95,7 +95,7 @@ def test_training_learns_well_above_chance_and_is_seed_deterministic():
 
 
 def _two_task_forgetting(replay: bool, patch_branch: bool, scope: str = "all", patch: str = "per_task",
-                         centering: str = "task") -> float:
+                         centering: str = "task", gate: str = "task_probability") -> float:
     """Old-class accuracy after task 2 when task 2 trains hard on new classes only."""
     body, parts, texts = _world(4, seed=5)
     g = torch.Generator().manual_seed(7)
@@ -111,7 +111,7 @@ def _two_task_forgetting(replay: bool, patch_branch: bool, scope: str = "all", p
 
     # calibration off: it keeps class statistics of its own and would blur what replay alone does
     cfg = _spa(patch_branch=patch_branch, replay={"enabled": replay, "samples_per_class": 40, "calibration": "none"},
-               projector={"scope": scope, "patch": patch}, patch_centering=centering)
+               projector={"scope": scope, "patch": patch}, patch_centering=centering, patch_gate=gate)
     learner = SPALearner(cfg, TrainConfig(epochs=40, lr=0.02, batch_size=32))
     learner.learn_task(_ctx(0, range(0, 2), 2, texts), sample([0, 1], 1))
     learner.learn_task(_ctx(1, range(2, 4), 4, texts), sample([2, 3], 2))
@@ -127,9 +127,11 @@ def test_gaussian_replay_reduces_forgetting(patch_branch):
 
 def test_frozen_patch_branch_keeps_old_classes_without_replay():
     """scope=global: projectors adapt only the global branch, so the part evidence of old classes cannot drift
-    (uncentred scores: in this world every class has the same global look, only cross-task part evidence helps)."""
-    adapted = _two_task_forgetting(replay=False, patch_branch=True, scope="all", centering="none")
-    frozen = _two_task_forgetting(replay=False, patch_branch=True, scope="global", patch="frozen", centering="none")
+    (uncentred, ungated scores: in this world every class has the same global look, only cross-task part evidence
+    helps)."""
+    adapted = _two_task_forgetting(replay=False, patch_branch=True, scope="all", centering="none", gate="none")
+    frozen = _two_task_forgetting(replay=False, patch_branch=True, scope="global", patch="frozen", centering="none",
+                                  gate="none")
     assert frozen > adapted + 0.2, (adapted, frozen)
 
 
@@ -212,3 +214,39 @@ def test_patch_alignment_loss_teaches_the_patch_branch():
     frozen = patch_accuracy({"projector": {"patch": "frozen"}})
     learned = patch_accuracy({"projector": {"patch_lr_scale": 1.0}})
     assert frozen < 0.45 and learned > frozen + 0.2, (frozen, learned)
+
+
+def test_learned_tokens_move_in_their_own_task_only_and_find_parts_the_phrases_miss():
+    """Patch tokens turned away from the phrases: class tokens learned from the phrases score the right class
+    on patches far better than the frozen phrases; a later task never moves an earlier task's tokens."""
+    def run(tokens):
+        learner, images = _three_tasks({"projector": {"tokens": tokens, "patch_lr_scale": 0.1}}, epochs=30,
+                                       rotate=True, lr=0.01)
+        accuracy = float((learner.patch_evidence(images.patches, 6)[0].argmax(-1) == images.labels).float().mean())
+        return learner, accuracy
+
+    frozen, frozen_accuracy = run("frozen")
+    learned, learned_accuracy = run("learned")
+    assert frozen.token_offsets is None and len(learned.token_offsets) == 3
+    assert learned_accuracy > frozen_accuracy + 0.2, (frozen_accuracy, learned_accuracy)
+    assert all(not p.requires_grad and p.abs().max() > 0 for p in learned.token_offsets)
+
+    body, parts, texts = _world(4)
+    labels = np.repeat(np.arange(4), 10)
+    learner = SPALearner(_spa(), TrainConfig(epochs=3, lr=0.02))
+    learner.learn_task(_ctx(0, range(0, 2), 2, texts), _images(body, parts, labels[:20], 2))
+    first = learner.token_offsets[0].detach().clone()
+    stats = learner.learn_task(_ctx(1, range(2, 4), 4, texts), _images(body, parts, labels[20:], 3))
+    assert torch.equal(learner.token_offsets[0], first) and 0 < stats["token_phrase_cosine"] < 1
+
+
+def test_task_gate_is_the_global_probability_mass_of_each_class_task():
+    learner = SPALearner(_spa(logit_scale=1.0), TrainConfig(epochs=0))
+    learner.task_starts = [0, 2, 3]
+    score = torch.tensor([[2.0, 0.0, 1.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
+    p = torch.softmax(score, dim=-1)
+    mass = torch.stack([p[:, :2].sum(1), p[:, 2:3].sum(1), p[:, 3:].sum(1)], dim=1)
+    expected = mass[:, [0, 0, 1, 2]]
+    torch.testing.assert_close(learner._task_gate(score), expected)
+    learner.config.patch_gate = "none"
+    assert learner._task_gate(score) == 1.0

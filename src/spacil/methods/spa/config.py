@@ -84,6 +84,17 @@ class ProjectorConfig(StrictModel):
         30.0, gt=0, description="Learning rate of the per-task patch projector relative to train.lr (it starts at "
         "the identity and has one task to learn the patch-phrase alignment; 30 was chosen among 1, 10 and 30 on the "
         "validation accuracy of parts-world tuning worlds 0 and 1).")
+    tokens: Literal["learned", "frozen"] = Field(
+        "learned", description="With per-task patch projectors: 'learned' gives every class an offset on its "
+        "semantic tokens, zero at first (the tokens start at its description phrases), trained with its task's "
+        "patch projector through the OT score and frozen afterwards, so the class's phrases move to where its "
+        "parts lie in the patch space (our choice, measured: scripts/patch_branch_ceiling.py); 'frozen' "
+        "(row `spa_fixed_tokens`) keeps the phrase embeddings.")
+    token_init: Literal["phrases", "random"] = Field(
+        "phrases", description="Where learned tokens start: at the description phrases, or (row "
+        "`spa_random_tokens`, a control of what the descriptions add) at seeded random unit vectors.")
+    token_lr_scale: float = Field(
+        30.0, gt=0, description="Learning rate of the token offsets relative to train.lr.")
     scope: Literal["global", "all"] = Field(
         "global", description="What the projectors adapt. 'global': the [CLS] branch (image, prompts, prototypes); "
         "the patch branch aligns frozen patches with frozen semantic tokens, so it cannot drift when later tasks "
@@ -137,6 +148,11 @@ class SPAConfig(StrictModel):
         "c's task, per image, before fusion. The patch branch then only says which of a task's classes (where "
         "siblings sit) the parts favour, and a task's patch projector cannot raise its classes over older ones "
         "(row `spa_uncentred_patches` = 'none').")
+    patch_gate: Literal["task_probability", "none"] = Field(
+        "task_probability", description="Our choice: the centred patch score of class c is weighted by the global "
+        "branch's probability mass on c's task (softmax over the seen classes, summed per task, no gradient), so a "
+        "task's patch projector re-ranks its own classes where the [CLS] branch places the image, instead of "
+        "pulling other tasks' images to its classes (row `spa_ungated_patches` = 'none').")
     global_descriptions: bool = Field(
         False, description="The class text of the global branch is the normalised sum of the class prompt and the "
         "class's mean description-phrase embedding (our control: what descriptions add without patches; row "

@@ -5,16 +5,18 @@ Score of image b for class c (all features L2-normalised)::
     global[b, c] = <g_b, t_c> + w_p <g_b, m_c>      g: adapted [CLS], t: adapted class prompt,
                                                     m: adapted class mean of frozen [CLS] features
     patch[b, c]  = sum_mn  plan_mn * <p_bm, s_cn>   p: k patches of b selected for c, projected by the patch
-                                                    projector of c's task; s: c's semantic tokens
-    logit[b, c]  = scale * (global[b, c] + fusion_weight * (patch[b, c] - mean_{c' in task(c)} patch[b, c']))
+                                                    projector of c's task; s: c's semantic tokens (its phrase
+                                                    embeddings plus offsets learned in c's task)
+    gate[b, c]   = sum_{c' in task(c)} softmax_c'(scale * global[b, :])     (no gradient)
+    logit[b, c]  = scale * (global[b, c] + fusion_weight * gate[b, c] * (patch[b, c] - mean_{c' in task(c)} patch[b, c']))
                    + bias[task(c)]
 
 Per task a new projector (visual and, optionally, text) is trained with cross-entropy over every seen
 class, on the real features of the new classes plus Gaussian pseudo-features of the old ones. These shared
 projectors adapt the global branch only (``projector.scope=global``). The patch branch learns through
-its own per-task patch projector (``projector.patch=per_task``), trained through the OT score with the
-fused loss plus a cross-entropy over the task's classes on the patch score alone; an old class's patch
-score never moves, so what cannot change is scored once per task, not per step. After each task, ``bias``
+its own per-task patch projector (``projector.patch=per_task``) and its classes' token offsets
+(``projector.tokens=learned``), trained through the OT score with the fused loss plus a cross-entropy over
+the task's classes on the patch score alone; an old class's patch score never moves, so what cannot change is scored once per task, not per step. After each task, ``bias``
 (one offset per task) is fitted on balanced pseudo-features of every seen class (``replay.calibration``).
 """
 
@@ -52,14 +54,17 @@ logger = logging.getLogger(__name__)
     "spa", config=SPAConfig, features=("global", "patches", "prompts", "descriptions"),
     # default rows: the controls, SPA, and one ablation per component of the default path
     variants={"clsonly": ["patch_branch=false"], "clsonly_desc": ["patch_branch=false", "global_descriptions=true"],
-              "spa": [], "spa_frozen_patches": ["projector.patch=frozen"],
-              "spa_no_patch_loss": ["patch_loss_weight=0"], "spa_uncentred_patches": ["patch_centering=none"],
+              "spa": [], "spa_fixed_tokens": ["projector.tokens=frozen"], "spa_ungated_patches": ["patch_gate=none"],
+              "spa_frozen_patches": ["projector.patch=frozen"],
+              "spa_no_patch_loss": ["patch_loss_weight=0"],
               "spa_no_ot": ["ot.aggregation=mean"], "spa_random_selection": ["selection.rule=random"],
               "spa_no_replay": ["replay.enabled=false"], "spa_no_calibration": ["replay.calibration=none"]},
     # named on demand (`--variants`): choices measured before, kept reachable
-    extra_variants={"spa_shared_projector": ["projector.per_task=false"],
+    extra_variants={"spa_uncentred_patches": ["patch_centering=none"],  # off the demo's rows to keep it in ~4 min
+                    "spa_shared_projector": ["projector.per_task=false"],
                     "spa_no_context_selection": ["selection.context_weight=0"],
                     "spa_adapted_patches": ["projector.scope=all"],
+                    "spa_random_tokens": ["projector.token_init=random"],
                     "spa_token_replay": ["replay.patch_mode=selected_tokens"],
                     "spa_no_patch_replay": ["replay.patch_mode=none"],
                     "spa_plain": ["selection.context_weight=0", "replay.calibration=none", "projector.scope=all",
@@ -87,6 +92,7 @@ class SPALearner(Learner):
         self.task_starts: list[int] = []  # first label of every task learned so far
         self.task_bias: Tensor | None = None  # [tasks] logit offsets from the calibration
         self.patch_projectors: nn.ModuleList | None = None  # projector.patch=per_task: one adapter per task
+        self.token_offsets: nn.ParameterList | None = None  # projector.tokens=learned: [n_new, N, D] per task
         self.pool_seed: int | None = None  # seeds every class's calibration pool (fixed at the first task)
         self._pool_scores: dict[int, Tensor] = {}  # class -> patch scores of its pool vs classes 0..m-1
 
@@ -128,6 +134,10 @@ class SPALearner(Learner):
         p = self.config.projector
         return self.config.patch_branch and p.scope == "global" and p.patch == "per_task"
 
+    @property
+    def _learned_tokens(self) -> bool:
+        return self._learned_patches and self.config.projector.tokens == "learned"
+
     # ------------------------------------------------------------------ set-up
     def _attach(self, ctx: TaskContext) -> None:
         """Move text features to the device and create the projector stacks on first use."""
@@ -145,6 +155,7 @@ class SPALearner(Learner):
             self.visual = ProjectorStack(dim, p.hidden_dim, p.per_task).to(ctx.device)
             self.text = ProjectorStack(dim, p.hidden_dim, p.per_task).to(ctx.device) if p.text else None
             self.patch_projectors = nn.ModuleList() if self._learned_patches else None
+            self.token_offsets = nn.ParameterList() if self._learned_tokens else None
 
     def _add_projectors(self, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
@@ -159,6 +170,34 @@ class SPALearner(Learner):
             self.patch_projectors.requires_grad_(False)
             dim = self.prompts.shape[1]
             self.patch_projectors.append(ResidualAdapter(dim, self.config.projector.hidden_dim, generator).to(self.device))
+
+    def _add_token_offsets(self, classes: range, seed: int) -> None:
+        """Offsets for the new classes' semantic tokens (the older tasks' offsets are frozen): zero, or under
+        ``token_init=random`` whatever moves each phrase token onto a seeded random unit vector."""
+        if self.token_offsets is None:
+            return
+        self.token_offsets.requires_grad_(False)
+        phrases = self.semantic.tokens[classes.start:classes.stop]
+        offsets = torch.zeros_like(phrases)
+        if self.config.projector.token_init == "random":
+            noise = torch.randn(phrases.shape, generator=torch.Generator().manual_seed(seed)).to(phrases.device)
+            mask = self.semantic.mask[classes.start:classes.stop, :, None]
+            offsets = (F.normalize(noise, dim=-1) - phrases) * mask
+        self.token_offsets.append(nn.Parameter(offsets))
+
+    def _semantic_side(self, n_seen: int) -> tuple[Tensor, Tensor]:
+        """Semantic tokens ``[n_seen, N, D]`` and description embeddings ``[n_seen, D]`` as the patch branch
+        matches them: the phrase embeddings, plus each class's learned offsets under projector.tokens=learned
+        (the description then moves by the mean offset of the class's tokens)."""
+        sem = self.semantic
+        tokens, description, mask = sem.tokens[:n_seen], sem.description[:n_seen], sem.mask[:n_seen]
+        if self.token_offsets is not None and len(self.token_offsets):
+            offsets = torch.cat(list(self.token_offsets))[:n_seen]
+            if offsets.shape[0] < n_seen:  # classes of a task not learned yet keep their phrases
+                offsets = torch.cat([offsets, offsets.new_zeros(n_seen - offsets.shape[0], *offsets.shape[1:])])
+            weights = uniform_masses(mask)[..., None]
+            tokens, description = tokens + offsets, description + (offsets * weights).sum(1)
+        return tokens, description
 
     # ------------------------------------------------------------------ scoring
     def _text(self, x: Tensor) -> Tensor:
@@ -180,9 +219,10 @@ class SPALearner(Learner):
         if self.config.patch_branch:
             sem = self.semantic
             mask = sem.mask[:n_seen]
-            out["tokens"] = self._patch_text(sem.tokens[:n_seen]) * mask[..., None]
+            tokens, description = self._semantic_side(n_seen)
+            out["tokens"] = self._patch_text(tokens) * mask[..., None]
             out["token_mask"] = mask
-            out["description"] = self._patch_text(sem.description[:n_seen])
+            out["description"] = self._patch_text(description)
             if self.config.selection.rule == "random":
                 out["description"] = random_directions(n_seen, sem.tokens.shape[-1],
                                                        self.config.selection.random_seed).to(sem.tokens.device)
@@ -257,8 +297,19 @@ class SPALearner(Learner):
         if "prototypes" in side:
             score = score + self.config.prototype_weight * (g @ side["prototypes"].T)
         if patch is not None:
-            score = score + self.config.fusion_weight * self._centred(patch)
+            score = score + self.config.fusion_weight * self._centred(patch) * self._task_gate(score)
         return self.config.logit_scale * score
+
+    def _task_gate(self, global_score: Tensor) -> Tensor | float:
+        """``[B, C]``: per image, the global branch's probability mass on each class's task (patch_gate)."""
+        if self.config.patch_gate == "none":
+            return 1.0
+        with torch.no_grad():
+            prob = torch.softmax(self.config.logit_scale * global_score, dim=-1)
+            task = task_of_class(self.task_starts, prob.shape[1], prob.device)
+            n_tasks = len([c for c in self.task_starts if c < prob.shape[1]])  # host-side: no device sync
+            mass = torch.zeros(prob.shape[0], n_tasks, dtype=prob.dtype, device=prob.device).index_add_(1, task, prob)
+        return mass[:, task]
 
     def _centred(self, patch: Tensor) -> Tensor:
         """Patch scores ``[B, C]`` minus, per image, the mean over the classes of each class's task."""
@@ -323,6 +374,7 @@ class SPALearner(Learner):
     def learn_task(self, ctx: TaskContext, train: FeatureBatch) -> dict:
         self._attach(ctx)
         self._add_projectors(ctx.seed)
+        self._add_token_offsets(ctx.new_classes, ctx.seed)
         self._add_prototypes(ctx, train)
         self.task_starts = self.task_starts[:ctx.task] + [ctx.new_classes.start]
         cfg, tc = self.config, self.train_config
@@ -333,21 +385,33 @@ class SPALearner(Learner):
         if self.patch_projectors is not None:
             params.append({"params": list(self.patch_projectors[-1].parameters()),
                            "lr": tc.lr * cfg.projector.patch_lr_scale})
+        if self.token_offsets is not None:
+            params.append({"params": [self.token_offsets[-1]], "lr": tc.lr * cfg.projector.token_lr_scale})
         params = [group for group in params if group["params"]]
         old = [c for c in range(ctx.new_classes.start) if c in self.global_bank.means]
         replay = cfg.replay.enabled and bool(old)
         stats = {"loss": None, "replay_classes": len(old) if replay else 0}
         if tc.epochs > 0 and params:
             stats["loss"] = self._train(ctx, train, params, old if replay else [])
-        for module in (self.visual, self.text, self.patch_projectors):
+        for module in (self.visual, self.text, self.patch_projectors, self.token_offsets):
             if module is not None:
                 module.requires_grad_(False)
+        if self.token_offsets is not None:
+            stats["token_phrase_cosine"] = round(self._token_phrase_cosine(ctx.new_classes), 4)
         self._remember_classes(ctx, train)
         if cfg.replay.calibration == "task_bias":
             self._fit_task_bias(ctx.n_seen, ctx.seed + cfg.replay.calibration_seed_offset)
             stats["task_bias"] = [round(float(b), 4) for b in self.task_bias]
         self.tasks_learned = ctx.task + 1
         return stats
+
+    @torch.no_grad()
+    def _token_phrase_cosine(self, classes: range) -> float:
+        """Mean cosine of the classes' learned tokens to their phrase embeddings (1 = nothing moved)."""
+        tokens, _ = self._semantic_side(classes.stop)
+        mask = self.semantic.mask[classes.start:classes.stop]
+        cos = F.cosine_similarity(tokens[classes.start:], self.semantic.tokens[classes.start:classes.stop], dim=-1)
+        return float(cos[mask].mean())
 
     def _train(self, ctx: TaskContext, train: FeatureBatch, params: list, old: list[int]) -> float:
         """Cross-entropy over every seen class on the new images and on pseudo-features of the old classes.
@@ -546,6 +610,8 @@ class SPALearner(Learner):
             state["task_bias"] = self.task_bias.cpu()
         if self.patch_projectors is not None:
             state.update({f"patch.{k}": v.cpu() for k, v in self.patch_projectors.state_dict().items()})
+        if self.token_offsets is not None:
+            state.update({f"tokens.{j}": v.detach().cpu() for j, v in enumerate(self.token_offsets)})
         if self.pool_seed is not None:
             state["pool_seed"] = torch.tensor(self.pool_seed, dtype=torch.long)
         state.update(self.global_bank.state("bank.global"))
@@ -571,7 +637,11 @@ class SPALearner(Learner):
         if self.patch_projectors is not None:
             self.patch_projectors.load_state_dict({k[len("patch."):]: v for k, v in state.items()
                                                    if k.startswith("patch.")})
-        for module in (self.visual, self.text, self.patch_projectors):
+        if self.token_offsets is not None:
+            n_offsets = len([k for k in state if k.startswith("tokens.")])
+            self.token_offsets = nn.ParameterList([nn.Parameter(state[f"tokens.{j}"].to(ctx.device))
+                                                   for j in range(n_offsets)])
+        for module in (self.visual, self.text, self.patch_projectors, self.token_offsets):
             if module is not None:
                 module.requires_grad_(False).to(ctx.device)
         self.pool_seed = int(state["pool_seed"]) if "pool_seed" in state else None
