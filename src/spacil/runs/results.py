@@ -13,13 +13,13 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from ..errors import MissingFileError
+from ..evaluation.published import published_results
 from ..io import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -88,11 +88,6 @@ def collect_runs(root: Path) -> list[RunRecord]:
         raise MissingFileError(f"{root} is not a folder; give the folder that holds the run folders (e.g. runs/matrix)")
     records = [r for summary in sorted(root.rglob("summary.json")) if (r := read_run(summary.parent)) is not None]
     return records
-
-
-def published_results() -> list[dict]:
-    text = (resources.files("spacil.data") / "published_results.json").read_text()
-    return json.loads(text)["results"]
 
 
 def result_rows(records: list[RunRecord], published: bool = True) -> list[ResultRow]:
