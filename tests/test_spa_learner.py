@@ -135,7 +135,8 @@ def test_frozen_patch_branch_keeps_old_classes_without_replay():
     assert frozen > adapted + 0.2, (adapted, frozen)
 
 
-@pytest.mark.parametrize(("scope", "patch"), [("global", "per_task"), ("global", "frozen"), ("all", "per_task")])
+@pytest.mark.parametrize(("scope", "patch"), [("global", "first_task"), ("global", "per_task"), ("global", "frozen"),
+                                             ("all", "per_task")])
 def test_patch_scores_of_old_classes_move_only_when_projectors_adapt_patches(scope, patch):
     """Per-task patch projectors learn (task 2's scores differ from frozen ones) yet never move task 1's."""
     body, parts, texts = _world(4)
@@ -147,7 +148,7 @@ def test_patch_scores_of_old_classes_move_only_when_projectors_adapt_patches(sco
     learner.learn_task(_ctx(1, range(2, 4), 4, texts), _images(body, parts, labels[20:], 3))
     after = learner.patch_evidence(images.patches, 4)[0][:, :2]
     assert torch.equal(before, after) == (scope == "global")
-    if patch == "per_task" and scope == "global":  # the patch projectors did learn something
+    if patch != "frozen" and scope == "global":  # the patch projectors did learn something
         frozen = SPALearner(_spa(projector={"patch": "frozen"}), TrainConfig(epochs=0))
         frozen.learn_task(_ctx(0, range(0, 2), 2, texts), _images(body, parts, labels[:20], 2))
         assert not torch.allclose(frozen.patch_evidence(images.patches, 2)[0], before)
@@ -182,7 +183,7 @@ def _three_tasks(cfg_overrides=None, epochs=2, rotate=False, lr=0.02):
 
 
 def test_task_centred_patch_scores_have_zero_mean_within_each_task():
-    learner, images = _three_tasks()
+    learner, images = _three_tasks({"patch_centering": "task"})
     patch = learner.patch_evidence(images.patches, 6)[0]
     centred = learner._centred(patch)
     by_hand = patch.clone()
@@ -241,7 +242,7 @@ def test_learned_tokens_move_in_their_own_task_only_and_find_parts_the_phrases_m
 
 
 def test_task_gate_is_the_global_probability_mass_of_each_class_task():
-    learner = SPALearner(_spa(logit_scale=1.0), TrainConfig(epochs=0))
+    learner = SPALearner(_spa(logit_scale=1.0, patch_gate="task_probability"), TrainConfig(epochs=0))
     learner.task_starts = [0, 2, 3]
     score = torch.tensor([[2.0, 0.0, 1.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
     p = torch.softmax(score, dim=-1)
@@ -250,3 +251,13 @@ def test_task_gate_is_the_global_probability_mass_of_each_class_task():
     torch.testing.assert_close(learner._task_gate(score), expected)
     learner.config.patch_gate = "none"
     assert learner._task_gate(score) == 1.0
+
+
+def test_first_task_patch_projector_is_trained_once_and_shared_by_every_task():
+    """projector.patch=first_task: one projector, learned in task 0 and frozen; later tasks learn only tokens."""
+    learner, images = _three_tasks(epochs=3)
+    assert len(learner.patch_projectors) == 1 and len(learner.token_offsets) == 3
+    assert not any(p.requires_grad for p in learner.patch_projectors.parameters())
+    assert learner.patch_projectors[0].up.weight.abs().max() > 0  # it did learn (its output layer starts at zero)
+    per_task, _ = _three_tasks({"projector": {"patch": "per_task"}}, epochs=3)
+    assert len(per_task.patch_projectors) == 3

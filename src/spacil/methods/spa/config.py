@@ -74,20 +74,24 @@ class ProjectorConfig(StrictModel):
     hidden_dim: int = Field(256, ge=1, description="Bottleneck width of each residual projector.")
     text: bool = Field(True, description="Also adapt the text side (class prompts, and semantic tokens when "
                        "scope=all).")
-    patch: Literal["per_task", "frozen"] = Field(
-        "per_task", description="The patch branch under scope=global. 'per_task': each task trains its own patch "
-        "projector through the OT score, and the classes of task j are scored on patches projected by task j's "
-        "projector, so a later task cannot move an old class's patch score (our choice, measured); selection "
-        "ranks patches in that learned space. 'frozen' (ablation row `spa_frozen_patches`): frozen patches "
-        "against frozen semantic tokens, no parameter learns through the OT score.")
+    patch: Literal["first_task", "per_task", "frozen"] = Field(
+        "first_task", description="The patch branch under scope=global. 'first_task' (our choice, chosen on "
+        "validation): one patch projector, trained through the OT score in the first task and frozen after it "
+        "(first-session adaptation, as APER adapts its backbone), so every class is scored in one patch space "
+        "and scores compare across tasks; later tasks learn their classes' tokens in that space. 'per_task' (row "
+        "`spa_per_task_patches`, with task-centred, gated scores): each task trains its own patch projector and "
+        "the classes of task j are scored on patches projected by task j's. Either way a later task cannot move "
+        "an old class's patch score; selection ranks patches in the learned space. 'frozen' (row "
+        "`spa_frozen_patches`): frozen patches against frozen semantic tokens, no parameter learns through the "
+        "OT score.")
     patch_lr_scale: float = Field(
-        30.0, gt=0, description="Learning rate of the per-task patch projector relative to train.lr (it starts at "
+        30.0, gt=0, description="Learning rate of the patch projector relative to train.lr (it starts at "
         "the identity and has one task to learn the patch-phrase alignment; 30 was chosen among 1, 10 and 30 on the "
         "validation accuracy of parts-world tuning worlds 0 and 1).")
     tokens: Literal["learned", "frozen"] = Field(
-        "learned", description="With per-task patch projectors: 'learned' gives every class an offset on its "
-        "semantic tokens, zero at first (the tokens start at its description phrases), trained with its task's "
-        "patch projector through the OT score and frozen afterwards, so the class's phrases move to where its "
+        "learned", description="With a learned patch projector: 'learned' gives every class an offset on its "
+        "semantic tokens, zero at first (the tokens start at its description phrases), trained in its own task "
+        "through the OT score and frozen afterwards, so the class's phrases move to where its "
         "parts lie in the patch space (our choice, measured: scripts/patch_branch_ceiling.py); 'frozen' "
         "(row `spa_fixed_tokens`) keeps the phrase embeddings.")
     token_init: Literal["phrases", "random"] = Field(
@@ -143,16 +147,17 @@ class SPAConfig(StrictModel):
         1.0, ge=0, description="Our addition: with per-task patch projectors, also a cross-entropy over the new "
         "task's classes on the patch score alone (scaled by logit_scale), so the patch projector keeps learning the "
         "alignment after the fused logits already fit the training images (row `spa_no_patch_loss` = 0).")
-    patch_centering: Literal["task", "none"] = Field(
-        "task", description="Our choice: the patch score of class c minus the mean patch score of the classes of "
-        "c's task, per image, before fusion. The patch branch then only says which of a task's classes (where "
-        "siblings sit) the parts favour, and a task's patch projector cannot raise its classes over older ones "
-        "(row `spa_uncentred_patches` = 'none').")
-    patch_gate: Literal["task_probability", "none"] = Field(
-        "task_probability", description="Our choice: the centred patch score of class c is weighted by the global "
+    patch_centering: Literal["none", "task"] = Field(
+        "none", description="'task': the patch score of class c minus the mean patch score of the classes of c's "
+        "task, per image, before fusion, so a task's own patch projector (projector.patch=per_task) cannot raise "
+        "its classes over older ones (part of row `spa_per_task_patches`; `spa_centred_patches` adds it to the "
+        "default). With one patch space for all classes (first_task) the scores compare as they are.")
+    patch_gate: Literal["none", "task_probability"] = Field(
+        "none", description="'task_probability': the (centred) patch score of class c is weighted by the global "
         "branch's probability mass on c's task (softmax over the seen classes, summed per task, no gradient), so a "
-        "task's patch projector re-ranks its own classes where the [CLS] branch places the image, instead of "
-        "pulling other tasks' images to its classes (row `spa_ungated_patches` = 'none').")
+        "task's own patch projector re-ranks its classes where the [CLS] branch places the image instead of "
+        "pulling other tasks' images to them (part of row `spa_per_task_patches`; `spa_gated_patches` adds it to "
+        "the default).")
     global_descriptions: bool = Field(
         False, description="The class text of the global branch is the normalised sum of the class prompt and the "
         "class's mean description-phrase embedding (our control: what descriptions add without patches; row "

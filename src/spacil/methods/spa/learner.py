@@ -54,13 +54,14 @@ logger = logging.getLogger(__name__)
     "spa", config=SPAConfig, features=("global", "patches", "prompts", "descriptions"),
     # default rows: the controls, SPA, and one ablation per component of the default path
     variants={"clsonly": ["patch_branch=false"], "clsonly_desc": ["patch_branch=false", "global_descriptions=true"],
-              "spa": [], "spa_fixed_tokens": ["projector.tokens=frozen"], "spa_ungated_patches": ["patch_gate=none"],
+              "spa": [], "spa_fixed_tokens": ["projector.tokens=frozen"],
+              "spa_per_task_patches": ["projector.patch=per_task", "patch_centering=task", "patch_gate=task_probability"],
               "spa_frozen_patches": ["projector.patch=frozen"],
               "spa_no_patch_loss": ["patch_loss_weight=0"],
               "spa_no_ot": ["ot.aggregation=mean"], "spa_random_selection": ["selection.rule=random"],
               "spa_no_replay": ["replay.enabled=false"], "spa_no_calibration": ["replay.calibration=none"]},
     # named on demand (`--variants`): choices measured before, kept reachable
-    extra_variants={"spa_uncentred_patches": ["patch_centering=none"],  # off the demo's rows to keep it in ~4 min
+    extra_variants={"spa_centred_patches": ["patch_centering=task"], "spa_gated_patches": ["patch_gate=task_probability"],
                     "spa_shared_projector": ["projector.per_task=false"],
                     "spa_no_context_selection": ["selection.context_weight=0"],
                     "spa_adapted_patches": ["projector.scope=all"],
@@ -132,7 +133,7 @@ class SPALearner(Learner):
     @property
     def _learned_patches(self) -> bool:
         p = self.config.projector
-        return self.config.patch_branch and p.scope == "global" and p.patch == "per_task"
+        return self.config.patch_branch and p.scope == "global" and p.patch in {"per_task", "first_task"}
 
     @property
     def _learned_tokens(self) -> bool:
@@ -166,7 +167,7 @@ class SPALearner(Learner):
         self.visual.to(self.device)
         if self.text is not None:
             self.text.to(self.device)
-        if self.patch_projectors is not None:
+        if self.patch_projectors is not None and (self.config.projector.patch == "per_task" or not self.patch_projectors):
             self.patch_projectors.requires_grad_(False)
             dim = self.prompts.shape[1]
             self.patch_projectors.append(ResidualAdapter(dim, self.config.projector.hidden_dim, generator).to(self.device))
@@ -276,7 +277,8 @@ class SPALearner(Learner):
             a, b = max(a, classes.start), min(b, classes.stop)
             if a >= b:
                 continue
-            projected = F.normalize(x + self.patch_projectors[j](x), dim=-1)
+            projector = self.patch_projectors[min(j, len(self.patch_projectors) - 1)]  # first_task: one for all
+            projected = F.normalize(x + projector(x), dim=-1)
             score, plan, index = self.patch_scores(projected, self._side_slice(side, a, b))
             scores.append(score)
             plans.append(plan)
@@ -382,7 +384,7 @@ class SPALearner(Learner):
             self.pool_seed = ctx.seed + cfg.replay.calibration_seed_offset
         params = [{"params": self.visual.trainable_parameters()
                    + (self.text.trainable_parameters() if self.text else [])}]
-        if self.patch_projectors is not None:
+        if self.patch_projectors is not None and (cfg.projector.patch == "per_task" or ctx.task == 0):
             params.append({"params": list(self.patch_projectors[-1].parameters()),
                            "lr": tc.lr * cfg.projector.patch_lr_scale})
         if self.token_offsets is not None:
