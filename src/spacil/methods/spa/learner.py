@@ -5,18 +5,19 @@ Score of image b for class c (all features L2-normalised)::
     global[b, c] = <g_b, t_c> + w_p <g_b, m_c>      g: adapted [CLS], t: adapted class prompt,
                                                     m: adapted class mean of frozen [CLS] features
     patch[b, c]  = sum_mn  plan_mn * <p_bm, s_cn>   p: k patches of b selected for c, projected by the patch
-                                                    projector of c's task; s: c's semantic tokens (its phrase
-                                                    embeddings plus offsets learned in c's task)
-    gate[b, c]   = sum_{c' in task(c)} softmax_c'(scale * global[b, :])     (no gradient)
-    logit[b, c]  = scale * (global[b, c] + fusion_weight * gate[b, c] * (patch[b, c] - mean_{c' in task(c)} patch[b, c']))
-                   + bias[task(c)]
+                                                    projector (trained in the first task); s: c's semantic
+                                                    tokens (its phrase embeddings plus offsets learned in c's task)
+    logit[b, c]  = scale * (global[b, c] + fusion_weight * patch[b, c]) + bias[task(c)]
+
+(With ``projector.patch=per_task`` each task has its own patch projector, and the patch term can be centred
+per task and gated by the global branch's probability mass on c's task: ``patch_centering``, ``patch_gate``.)
 
 Per task a new projector (visual and, optionally, text) is trained with cross-entropy over every seen
 class, on the real features of the new classes plus Gaussian pseudo-features of the old ones. These shared
 projectors adapt the global branch only (``projector.scope=global``). The patch branch learns through
-its own per-task patch projector (``projector.patch=per_task``) and its classes' token offsets
-(``projector.tokens=learned``), trained through the OT score with the fused loss plus a cross-entropy over
-the task's classes on the patch score alone; an old class's patch score never moves, so what cannot change is scored once per task, not per step. After each task, ``bias``
+a patch projector trained in the first task (``projector.patch=first_task``) and each task's token offsets
+for its classes (``projector.tokens=learned``), trained through the OT score with the fused loss plus a
+cross-entropy over the task's classes on the patch score alone; an old class's patch score never moves, so what cannot change is scored once per task, not per step. After each task, ``bias``
 (one offset per task) is fitted on balanced pseudo-features of every seen class (``replay.calibration``).
 """
 
