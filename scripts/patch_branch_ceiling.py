@@ -119,8 +119,9 @@ def world_rows(world: int, output: Path, args: argparse.Namespace) -> dict[str, 
     test_labels = torch.as_tensor(data.scenario.remap(data.test.labels)).long()
     held = torch.as_tensor(validation_mask(data.train.labels, data.train.sample_ids, config.data.validation_fraction,
                                            config.data.validation_seed))
-    g_all, p_all = torch.as_tensor(np.asarray(data.train.global_)).float(), torch.as_tensor(np.asarray(data.train.patches)).float()
-    g_te, p_te = torch.as_tensor(np.asarray(data.test.global_)).float(), torch.as_tensor(np.asarray(data.test.patches)).float()
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a)).float()  # noqa: E731  (float16 cache -> float32)
+    g_all, p_all = as_tensor(data.train.global_), as_tensor(data.train.patches)
+    g_te, p_te = as_tensor(data.test.global_), as_tensor(data.test.patches)
     fit = ~held
     splits = {"val": (g_all[held], p_all[held], train_labels[held]), "test": (g_te, p_te, test_labels)}
     g_fit, p_fit, y_fit = g_all[fit], p_all[fit], train_labels[fit]

@@ -143,7 +143,8 @@ class RAPF(Learner):
         if old_adapter is not None:
             with torch.no_grad():
                 self.adapter.weight.copy_(svd_fusion(old_adapter.weight, self.adapter.weight, cfg.mix_bias))
-        return {"hard_pairs": 0 if pairs is None else len(pairs), "replayed_classes_per_batch": per_batch if n_old else 0}
+        return {"hard_pairs": 0 if pairs is None else len(pairs),
+                "replayed_classes_per_batch": per_batch if n_old else 0}
 
     def _hinge(self, pairs: Tensor, n: int, generator: torch.Generator) -> Tensor:
         """Samples of the old class of each hard pair must be closer to its own text than to the new one's."""

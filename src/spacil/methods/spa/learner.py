@@ -17,7 +17,8 @@ class, on the real features of the new classes plus Gaussian pseudo-features of 
 projectors adapt the global branch only (``projector.scope=global``). The patch branch learns through
 a patch projector trained in the first task (``projector.patch=first_task``) and each task's token offsets
 for its classes (``projector.tokens=learned``), trained through the OT score with the fused loss plus a
-cross-entropy over the task's classes on the patch score alone; an old class's patch score never moves, so what cannot change is scored once per task, not per step. After each task, ``bias``
+cross-entropy over the task's classes on the patch score alone; an old class's patch score never moves, so
+what cannot change is scored once per task, not per step. After each task, ``bias``
 (one offset per task) is fitted on balanced pseudo-features of every seen class (``replay.calibration``).
 """
 
@@ -56,13 +57,15 @@ logger = logging.getLogger(__name__)
     # default rows: the controls, SPA, and one ablation per component of the default path
     variants={"clsonly": ["patch_branch=false"], "clsonly_desc": ["patch_branch=false", "global_descriptions=true"],
               "spa": [], "spa_fixed_tokens": ["projector.tokens=frozen"],
-              "spa_per_task_patches": ["projector.patch=per_task", "patch_centering=task", "patch_gate=task_probability"],
+              "spa_per_task_patches": ["projector.patch=per_task", "patch_centering=task",
+                                       "patch_gate=task_probability"],
               "spa_frozen_patches": ["projector.patch=frozen"],
               "spa_no_patch_loss": ["patch_loss_weight=0"],
               "spa_no_ot": ["ot.aggregation=mean"], "spa_random_selection": ["selection.rule=random"],
               "spa_no_replay": ["replay.enabled=false"], "spa_no_calibration": ["replay.calibration=none"]},
     # named on demand (`--variants`): choices measured before, kept reachable
-    extra_variants={"spa_centred_patches": ["patch_centering=task"], "spa_gated_patches": ["patch_gate=task_probability"],
+    extra_variants={"spa_centred_patches": ["patch_centering=task"],
+                    "spa_gated_patches": ["patch_gate=task_probability"],
                     "spa_shared_projector": ["projector.per_task=false"],
                     "spa_no_context_selection": ["selection.context_weight=0"],
                     "spa_adapted_patches": ["projector.scope=all"],
@@ -93,7 +96,7 @@ class SPALearner(Learner):
         self.n_patches = 0
         self.task_starts: list[int] = []  # first label of every task learned so far
         self.task_bias: Tensor | None = None  # [tasks] logit offsets from the calibration
-        self.patch_projectors: nn.ModuleList | None = None  # projector.patch=per_task: one adapter per task
+        self.patch_projectors: nn.ModuleList | None = None  # learned patch branch: one adapter (per task if per_task)
         self.token_offsets: nn.ParameterList | None = None  # projector.tokens=learned: [n_new, N, D] per task
         self.pool_seed: int | None = None  # seeds every class's calibration pool (fixed at the first task)
         self._pool_scores: dict[int, Tensor] = {}  # class -> patch scores of its pool vs classes 0..m-1
@@ -168,7 +171,8 @@ class SPALearner(Learner):
         self.visual.to(self.device)
         if self.text is not None:
             self.text.to(self.device)
-        if self.patch_projectors is not None and (self.config.projector.patch == "per_task" or not self.patch_projectors):
+        one_per_task = self.config.projector.patch == "per_task"
+        if self.patch_projectors is not None and (one_per_task or not self.patch_projectors):
             self.patch_projectors.requires_grad_(False)
             dim = self.prompts.shape[1]
             self.patch_projectors.append(ResidualAdapter(dim, self.config.projector.hidden_dim, generator).to(self.device))
