@@ -10,17 +10,7 @@ from spacil.methods import FeatureBatch, RanPAC, TaskContext, all_variants, defa
 from spacil.methods.ranpac import RanPACConfig
 from spacil.text.class_texts import ClassTexts
 
-DIM, N_CLASSES = 16, 8
-
-
-def _data(seed: int, per_class: int = 30) -> FeatureBatch:
-    """Class centres on a shared offset (like CLIP features of one domain) plus noise."""
-    centres = torch.randn(N_CLASSES, DIM, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(N_CLASSES).repeat_interleave(per_class)
-    glob = 3.0 + centres[labels] + 0.8 * torch.randn(len(labels), DIM, generator=g)
-    return FeatureBatch(glob, torch.zeros(len(labels), 1, DIM), labels)
-
+from baseline_toys import DIM, N_CLASSES, toy_features as _data
 
 def _ctx(task: int, texts: ClassTexts) -> TaskContext:
     return TaskContext(task, range(4 * task, 4 * task + 4), 4 * task + 4, texts, torch.device("cpu"), seed=10 + task)

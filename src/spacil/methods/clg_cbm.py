@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from ..schema import StrictModel
 from .base import FeatureBatch, Learner, TaskContext
 from .class_gaussians import ClassGaussians
-from .description_texts import add_description_embeddings, check_descriptions, description_embeddings
+from .description_texts import ReadsDescriptionPhrases, description_embeddings
 from .registry import register_method
 from .seeded import linear, make_generator, minibatches
 
@@ -119,7 +119,7 @@ def alignment_loss(inputs: Tensor, concepts: Tensor, csv: Tensor) -> Tensor:
 
 
 @register_method("clg_cbm", config=CLGCBMConfig, features=("global", "prompts", "descriptions"))
-class CLGCBM(Learner):
+class CLGCBM(ReadsDescriptionPhrases, Learner):
     """CLG-CBM: concept bottleneck from description phrases (gate + concept head), Gaussian and shifted replay."""
 
     def __init__(self, config: CLGCBMConfig) -> None:
@@ -130,15 +130,12 @@ class CLGCBM(Learner):
         self.heads = nn.ModuleList()  # per task K -> task classes
         self.gaussians = ClassGaussians(config.covariance_eps)
 
-    @classmethod
-    def check(cls, config: "Config") -> None:
-        check_descriptions(config)
+    extras_key = EXTRAS_KEY
 
     @classmethod
-    def prepare(cls, config: "Config", backbone: "FrozenCLIP", texts: "ClassTexts") -> dict:
-        """Every description phrase, written as a concept, through the frozen text encoder."""
-        return add_description_embeddings(config, backbone, texts, EXTRAS_KEY,
-                                          config.method.clg_cbm.concept_template)
+    def phrase_template(cls, config: "Config") -> str:
+        """How each description phrase is written as a concept for the frozen text encoder."""
+        return config.method.clg_cbm.concept_template
 
     # ------------------------------------------------------------------ step 1: concept gate
     def train_gate(self, x: Tensor, y: Tensor, bank: Tensor, generator: torch.Generator) -> nn.Sequential:

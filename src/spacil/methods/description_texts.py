@@ -71,6 +71,25 @@ def add_description_embeddings(config: "Config", backbone: "FrozenCLIP", texts: 
     return {"source": resolved.source, "fallback_classes": resolved.fallback_classes}
 
 
+class ReadsDescriptionPhrases:
+    """The ``check``/``prepare`` hooks of a learner that reads every description phrase through the frozen text
+    encoder (ENGINE, CLG-CBM): mix in before :class:`Learner`; set ``extras_key`` and ``phrase_template``."""
+
+    extras_key: str
+
+    @classmethod
+    def phrase_template(cls, config: "Config") -> str:
+        raise NotImplementedError
+
+    @classmethod
+    def check(cls, config: "Config") -> None:
+        check_descriptions(config)
+
+    @classmethod
+    def prepare(cls, config: "Config", backbone: "FrozenCLIP", texts: "ClassTexts") -> dict:
+        return add_description_embeddings(config, backbone, texts, cls.extras_key, cls.phrase_template(config))
+
+
 def description_embeddings(texts: "ClassTexts", key: str, method: str) -> DescriptionEmbeddings:
     """The table ``prepare`` stored, or a one-line error when the learner was built without it."""
     from ..errors import UsageError

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from ..schema import StrictModel
 from .base import FeatureBatch, Learner, TaskContext
-from .description_texts import add_description_embeddings, check_descriptions, description_embeddings
+from .description_texts import ReadsDescriptionPhrases, description_embeddings
 from .lda import IncrementalLDA
 from .proof_parts import clip_loss
 from .registry import register_method
@@ -84,7 +84,7 @@ class EngineConfig(StrictModel):
 
 
 @register_method("engine", config=EngineConfig, features=("global", "prompts", "descriptions"))
-class ENGINE(Learner):
+class ENGINE(ReadsDescriptionPhrases, Learner):
     """ENGINE: per-task adapters with description and noise contrasts; LDA + description re-ranking."""
 
     def __init__(self, config: EngineConfig) -> None:
@@ -96,15 +96,12 @@ class ENGINE(Learner):
         self.prompts: Tensor | None = None
         self.descriptions = None
 
-    @classmethod
-    def check(cls, config: "Config") -> None:
-        check_descriptions(config)
+    extras_key = EXTRAS_KEY
 
     @classmethod
-    def prepare(cls, config: "Config", backbone: "FrozenCLIP", texts: "ClassTexts") -> dict:
-        """Every ``"<class> with <phrase>"`` through the frozen text encoder, once."""
-        return add_description_embeddings(config, backbone, texts, EXTRAS_KEY,
-                                          config.method.engine.description_template)
+    def phrase_template(cls, config: "Config") -> str:
+        """How each phrase goes to the frozen text encoder (``"<class> with <phrase>"``), once per run."""
+        return config.method.engine.description_template
 
     def _attach(self, ctx: TaskContext) -> None:
         self.prompts = ctx.texts.prompt_embeddings.to(ctx.device).float()
