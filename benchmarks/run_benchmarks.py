@@ -1,9 +1,11 @@
 """Performance benchmark of spacil: every figure is a ratio measured in this one run.
 
-    python benchmarks/run_benchmarks.py [--out benchmarks/results] [--quick] [--compile] [--sections a,b]
+    python benchmarks/run_benchmarks.py [--out FOLDER] [--quick] [--compile] [--sections a,b]
 
 ``--quick`` runs every section at small sizes in seconds (the test suite runs it, so a section that breaks
-fails CI); its figures are not the ones to report.
+fails CI); its figures are not the ones to report. Without ``--out``, only a full run (every section, not
+quick) writes ``benchmarks/results``, the files docs/performance.md quotes; a quick run or a subset of sections
+goes to ``benchmarks/results/scratch`` (ignored by git).
 
 Writes ``results.json`` and ``results.md`` (a table with each goal and PASS/MISS). Measures:
 1. batched masked Sinkhorn vs a per-pair Python loop over the same B x C problems;
@@ -914,9 +916,17 @@ def render_all(results: dict) -> str:
     return table
 
 
+def default_results_folder(quick: bool, sections: list[str]) -> Path:
+    """Where results go without ``--out``: a quick run or a subset never overwrites the full run's files."""
+    full = Path("benchmarks/results")
+    return full if not quick and set(sections) >= set(SECTIONS) else full / "scratch"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default: benchmarks/results for a full run; benchmarks/results/scratch "
+                        "for --quick or a subset of --sections)")
     parser.add_argument("--quick", action="store_true", help="every section at small sizes, in seconds (smoke test)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile Sinkhorn")
     parser.add_argument("--ot-threads", type=int, default=0,
@@ -932,6 +942,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+    args.out = args.out or default_results_folder(args.quick, chosen)
     header = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick,
               "sections": chosen}

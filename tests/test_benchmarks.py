@@ -12,12 +12,30 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run_benchmarks.py"
 
 
-def _sections() -> list[str]:
+def _module():
     spec = importlib.util.spec_from_file_location("spacil_benchmarks", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return list(module.SECTIONS)
+    return module
+
+
+def _sections() -> list[str]:
+    return list(_module().SECTIONS)
+
+
+def test_quick_results_never_overwrite_the_full_runs_files():
+    module = _module()
+    every = list(module.SECTIONS)
+    full = module.default_results_folder(False, every)
+    quick, subset = module.default_results_folder(True, every), module.default_results_folder(False, every[:1])
+    assert full == Path("benchmarks/results") and quick != full and subset != full
+    repo = SCRIPT.parents[1]
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(quick / "results.json")], cwd=repo)
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(full / "results.json")], cwd=repo,
+                             capture_output=True)
+    if tracked.returncode == 0:  # in a git checkout: the full run's files are committed, the quick ones ignored
+        assert ignored.returncode == 0
 
 
 def _errors(node, where=""):
