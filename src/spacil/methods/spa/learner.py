@@ -313,17 +313,21 @@ class SPALearner(Learner):
             return 1.0
         with torch.no_grad():
             prob = torch.softmax(self.config.logit_scale * global_score, dim=-1)
-            task = task_of_class(self.task_starts, prob.shape[1], prob.device)
-            n_tasks = len([c for c in self.task_starts if c < prob.shape[1]])  # host-side: no device sync
+            task, n_tasks = self._class_tasks(prob.shape[1], prob.device)
             mass = torch.zeros(prob.shape[0], n_tasks, dtype=prob.dtype, device=prob.device).index_add_(1, task, prob)
         return mass[:, task]
+
+    def _class_tasks(self, n_classes: int, device: torch.device) -> tuple[Tensor, int]:
+        """Task index ``[n_classes]`` of the first ``n_classes`` classes, and how many tasks they span
+        (counted on the host: no device sync)."""
+        return (task_of_class(self.task_starts, n_classes, device),
+                len([c for c in self.task_starts if c < n_classes]))
 
     def _centred(self, patch: Tensor) -> Tensor:
         """Patch scores ``[B, C]`` minus, per image, the mean over the classes of each class's task."""
         if self.config.patch_centering == "none":
             return patch
-        task = task_of_class(self.task_starts, patch.shape[1], patch.device)
-        n_tasks = int(len([c for c in self.task_starts if c < patch.shape[1]]))
+        task, n_tasks = self._class_tasks(patch.shape[1], patch.device)
         counts = torch.bincount(task, minlength=n_tasks).to(patch.dtype)
         means = torch.zeros(patch.shape[0], n_tasks, dtype=patch.dtype, device=patch.device).index_add_(1, task, patch)
         return patch - (means / counts)[:, task]
