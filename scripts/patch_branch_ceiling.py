@@ -1,6 +1,7 @@
 """How much could a set-based patch branch add to the [CLS] branch on parts world, at best?
 
     python scripts/patch_branch_ceiling.py                  # tuning worlds 0,1; prints a markdown table
+    python scripts/patch_branch_ceiling.py --rows learned --patch-path value    # patch tokens read elsewhere
 
 SPA's patch branch scores a class by matching a *set* of an image's patch tokens with a *set* of class
 tokens (its description phrases), position-free. This script bounds what any branch of that shape can add
@@ -21,6 +22,10 @@ Scores per (image, class), each fused with the [CLS] nearest-class-mean score (S
 - ``mean patch``: nearest class mean of the mean patch token;
 - ``spatial layout``: nearest class mean of the concatenated patch grid (position-aware, not a set): a
   reference for how much the patch tokens carry when positions are kept.
+
+``--patch-layer`` / ``--patch-path`` read the patch tokens from an earlier image block or from the last
+block's value path (MaskCLIP), as ``backbone.patch_layer`` / ``backbone.patch_path`` do in a run; ``--rows
+learned`` computes only the [CLS] row and the first learned-set row.
 
 Read: if the set-based rows add well under 3 points fused, SPA's patch branch cannot reach the +3 bar on
 this backbone whatever it learns; the spatial row shows whether the information is in the patches at all.
@@ -109,7 +114,8 @@ def accuracy(scores: Tensor, labels: Tensor) -> float:
 
 
 def world_rows(world: int, output: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    settings = DemoSettings(output=output, data_seed=world, ablations=False)
+    settings = DemoSettings(output=output, data_seed=world, ablations=False,
+                            overrides=[f"backbone.patch_layer={args.patch_layer}", f"backbone.patch_path={args.patch_path}"])
     ensure_partsworld(world_folder(settings), settings.n_classes, settings.n_train, settings.n_test, world,
                       settings.image_size)
     config = demo_config(settings, demo_descriptions(settings, settings.describer, progress=False))
@@ -135,16 +141,29 @@ def world_rows(world: int, output: Path, args: argparse.Namespace) -> dict[str, 
         "learned set (OT), phrase tokens frozen": (sem.tokens, False),
         "learned set (OT), class tokens learned from random": (noise * sem.mask[..., None], True),
     }
-    patch = {
-        **{name: dict(zip(splits, learned_scores(p_fit, y_fit, tests, start, sem.mask, args.epochs, args.lr,
-                                                 args.scale, args.seed, learn)))
-           for name, (start, learn) in learned.items()},
+    if args.rows == "learned":
+        learned = dict(list(learned.items())[:1])
+    patch = {name: dict(zip(splits, learned_scores(p_fit, y_fit, tests, start, sem.mask, args.epochs, args.lr,
+                                                   args.scale, args.seed, learn)))
+             for name, (start, learn) in learned.items()}
+    if args.rows == "all":
+        patch.update(_frozen_rows(p_fit, y_fit, splits, n_classes, args))
+    return _fused_rows(cls, patch, splits, test_labels)
+
+
+def _frozen_rows(p_fit: Tensor, y_fit: Tensor, splits: dict, n_classes: int, args: argparse.Namespace) -> dict:
+    """Patch scores that learn nothing: k-means anchors, mean patch, the whole grid."""
+    return {
         f"visual anchors (chamfer, K={args.anchors})": {
             s: anchor_scores(p_fit, y_fit, p, n_classes, args.anchors, args.seed) for s, (_, p, _) in splits.items()},
         "mean patch": {s: ncm_scores(p_fit.mean(1), y_fit, p.mean(1), n_classes) for s, (_, p, _) in splits.items()},
         "spatial layout (not a set)": {s: ncm_scores(p_fit.flatten(1), y_fit, p.flatten(1), n_classes)
                                        for s, (_, p, _) in splits.items()},
     }
+
+
+def _fused_rows(cls: dict, patch: dict, splits: dict, test_labels: Tensor) -> dict[str, dict[str, float]]:
+    """Each patch score fused with the [CLS] NCM score, the weight chosen on the validation rows."""
     rows = {"[CLS] alone": {"patch": float("nan"), "w": 0.0, "fused": accuracy(cls["test"], test_labels),
                             "cls": accuracy(cls["test"], test_labels)}}
     for name, scores in patch.items():
@@ -164,13 +183,18 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=20.0, help="Logit scale of the learned branch's loss.")
     parser.add_argument("--anchors", type=int, default=8, help="k-means anchors per class.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows", choices=["all", "learned"], default="all",
+                        help="'learned': only the [CLS] row and the learned set from the phrases (fast).")
+    parser.add_argument("--patch-layer", type=int, default=-1, help="backbone.patch_layer (-1: CLIP's output tokens).")
+    parser.add_argument("--patch-path", choices=["block", "value"], default="block", help="backbone.patch_path.")
     args = parser.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     start = time.perf_counter()
     per_world = {w: world_rows(w, args.output, args) for w in (int(x) for x in args.worlds.split(","))}
     names = list(next(iter(per_world.values())))
     print(f"Joint training on all classes (no increments), worlds {args.worlds}, test accuracy; fusion weight w "
-          "chosen on validation rows per world. Mean over worlds.\n")
+          f"chosen on validation rows per world. Mean over worlds. Patch tokens: backbone.patch_layer="
+          f"{args.patch_layer}, patch_path={args.patch_path}.\n")
     print("| patch score | patch alone | fused with [CLS] NCM | gain over [CLS] NCM | w per world |")
     print("|---|---|---|---|---|")
     for name in names:

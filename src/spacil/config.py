@@ -35,6 +35,14 @@ class BackboneConfig(StrictModel):
         "auto", description="'auto' is bf16 autocast on GPU and fp32 on CPU."
     )
     batch_size: int = Field(128, ge=1, description="Images per encoder forward during feature extraction.")
+    patch_layer: int = Field(
+        -1, description="Image block whose tokens are the patch tokens (-1 = the last: CLIP's output tokens; -2 "
+        "the one before, ...), read through ln_post and the projection like the output tokens. Part of the "
+        "feature-cache key.")
+    patch_path: Literal["block", "value"] = Field(
+        "block", description="'block': that block's output; 'value': its value path alone (MaskCLIP: ln_1, value "
+        "and output projections, without query-key attention, residual or MLP), which localises better on large "
+        "CLIPs. Part of the feature-cache key.")
     num_workers: int | Literal["auto"] = Field(
         "auto", description="DataLoader processes that decode images during extraction, per machine: 'auto' = "
         "min(8, CPU cores); under torchrun the number is divided over the machine's ranks (at least 1 each).")

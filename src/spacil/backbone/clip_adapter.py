@@ -18,9 +18,11 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..errors import SpacilError
+from ..errors import SpacilError, UsageError
 from .registry import BackboneSpec, local_model_config_dir, resolve_backbone
 from .transforms import RESIZE_MODES, image_transform
+
+PATCH_PATHS = ("block", "value")  # backbone.patch_path
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +99,8 @@ class FrozenCLIP:
         self.amp_dtype = autocast_dtype(precision, device)
         self.images_encoded = 0
         self._fingerprint: str | None = None
+        self.patch_layer = len(model.visual.transformer.resblocks) - 1
+        self.patch_path = "block"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -163,6 +167,37 @@ class FrozenCLIP:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def set_patch_tokens(self, layer: int = -1, path: str = "block") -> None:
+        """Choose where patch tokens are read (``backbone.patch_layer`` / ``backbone.patch_path``).
+
+        CLIP trains its last block for the [CLS] token only, so its output patch tokens localise poorly;
+        an earlier block's output, or the last block's value path alone (MaskCLIP, Zhou et al. ECCV 2022),
+        are the usual dense alternatives. The default (the last block's output) is open_clip's own forward.
+        """
+        visual = self.model.visual
+        n = len(visual.transformer.resblocks)
+        if path not in PATCH_PATHS:
+            raise UsageError(f"backbone.patch_path={path!r}: expected one of {', '.join(PATCH_PATHS)}")
+        if not -n <= layer < n:
+            raise UsageError(f"backbone.patch_layer={layer}: {self.name} has {n} image blocks; use {-n}..{n - 1}")
+        layer %= n
+        if (layer, path) != (n - 1, "block"):
+            if visual.attn_pool is not None:
+                raise UsageError(f"backbone.patch_layer / patch_path: {self.name} pools with attention; only "
+                                 "the default patch tokens (patch_layer=-1, patch_path=block) are supported")
+            attn = visual.transformer.resblocks[layer].attn
+            if path == "value" and getattr(attn, "in_proj_weight", None) is None:
+                raise UsageError(f"backbone.patch_path=value: block {layer} of {self.name} has no packed "
+                                 "query-key-value projection to take the value path from")
+        self.patch_layer, self.patch_path = layer, path
+
+    def patch_source_description(self) -> dict:
+        """Where the patch tokens come from, as data (part of the feature-cache key): empty for the default
+        (the last block's output), so entries written before the setting existed stay valid."""
+        if (self.patch_layer, self.patch_path) == (len(self.model.visual.transformer.resblocks) - 1, "block"):
+            return {}
+        return {"patch_layer": self.patch_layer, "patch_path": self.patch_path}
+
     # ------------------------------------------------------------------ encoders
     @torch.inference_mode()
     def encode_images(self, images: Tensor) -> ImageFeatures:
@@ -173,12 +208,38 @@ class FrozenCLIP:
         visual.output_tokens = True
         try:
             with self._autocast():
-                pooled, tokens = visual(images)
+                if self.patch_source_description():
+                    pooled, tokens = self._forward_with_patch_source(images)
+                else:
+                    pooled, tokens = visual(images)
                 patches = tokens @ visual.proj
         finally:
             visual.output_tokens = previous
         self.images_encoded += images.shape[0]
         return ImageFeatures(global_=pooled.float(), patches=patches.float())
+
+    def _forward_with_patch_source(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """open_clip's image forward (no attention pool), with the patch tokens taken from block
+        ``patch_layer``: its output, or its value path alone; both then through ln_post like output tokens."""
+        visual = self.model.visual
+        x = visual._embeds(images)
+        transformer = visual.transformer
+        if not transformer.batch_first:
+            x = x.transpose(0, 1)
+        chosen = x
+        for i, block in enumerate(transformer.resblocks):
+            if i == self.patch_layer and self.patch_path == "value":
+                chosen = value_path(block, x)
+            x = block(x)
+            if i == self.patch_layer and self.patch_path == "block":
+                chosen = x
+        if not transformer.batch_first:
+            x, chosen = x.transpose(0, 1), chosen.transpose(0, 1)
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        _, tokens = visual._global_pool(chosen if visual.final_ln_after_pool else visual.ln_post(chosen))
+        return pooled, tokens
 
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         return self.tokenizer(list(texts))
@@ -201,6 +262,16 @@ class FrozenCLIP:
         positions = torch.arange(ids.shape[1], device=ids.device)[None, :]
         mask = (positions > 0) & (positions < eos_index[:, None])
         return TextFeatures(eos=eos.float(), tokens=tokens.float(), mask=mask)
+
+
+def value_path(block: torch.nn.Module, x: Tensor) -> Tensor:
+    """MaskCLIP's dense tokens of a residual attention block: ``out_proj(W_v ln_1(x) + b_v)``, i.e. the
+    attention branch with every token attending to itself only (no query-key attention, no residual, no MLP)."""
+    attn = block.attn
+    d = attn.embed_dim
+    bias = attn.in_proj_bias[2 * d:] if attn.in_proj_bias is not None else None
+    v = torch.nn.functional.linear(block.ln_1(x), attn.in_proj_weight[2 * d:], bias)
+    return block.ls_1(attn.out_proj(v))
 
 
 def load_backbone(name: str = "tiny-test", checkpoint: Path | str | None = None, device: str = "auto",

@@ -253,7 +253,8 @@ def get_features_distributed(source: ImageSource, backbone: FrozenCLIP, cache: F
     if "error" in keyed:
         raise RuntimeError(f"distributed extraction: cannot compute the cache key ({keyed['error']})")
     parts = keyed["parts"]
-    mine = (_listing_digest(source), backbone.fingerprint(), json.dumps(backbone.transform_description(), sort_keys=True))
+    mine = (_listing_digest(source), backbone.fingerprint(), json.dumps(backbone.transform_description(), sort_keys=True),
+            json.dumps(backbone.patch_source_description(), sort_keys=True))
     views = _gather(mine, group, env.world_size)
     if any(v != views[0] for v in views) or parts["weights_sha256"] != mine[1]:
         raise RuntimeError(f"rank {env.rank}: ranks see different datasets or backbones; "

@@ -56,7 +56,8 @@ def feature_key_parts(source: ImageSource, backbone: FrozenCLIP, storage_dtype: 
     float16, the storage of every entry written before the dtype was a setting, is left out of the key so
     those entries stay valid; any other storage dtype is part of it. Likewise the encoder's autocast dtype
     (bf16 under ``backbone.precision=auto`` on a GPU) is part of the key, and plain fp32 adds nothing: bf16
-    and fp32 features differ, and switching precision must not reuse what was cached first.
+    and fp32 features differ, and switching precision must not reuse what was cached first. Patch tokens
+    read from elsewhere than the last block's output (``backbone.patch_layer`` / ``patch_path``) are keyed too.
     """
     parts = {
         "backbone": backbone.name,
@@ -67,6 +68,8 @@ def feature_key_parts(source: ImageSource, backbone: FrozenCLIP, storage_dtype: 
         "content_sha256": content_hash(source, cache.root if cache is not None else None,
                                        cache.verify if cache is not None else "fast"),
     }
+    if backbone.patch_source_description():
+        parts["patch_tokens"] = backbone.patch_source_description()
     if storage_dtype != "float16":
         parts["storage_dtype"] = storage_dtype
     if backbone.amp_dtype is not None:

@@ -103,6 +103,7 @@ def prepare_data(config: Config, backbone: FrozenCLIP | None = None, cache_root:
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.checkpoint,
                                          config.backbone.device, config.backbone.precision)
     backbone.set_resize(config.data.resize)  # a backbone passed in follows this config's transform too
+    backbone.set_patch_tokens(config.backbone.patch_layer, config.backbone.patch_path)
     cache = FeatureCache(cache_root or config.cache.root, verify=config.cache.verify, dtype=config.cache.dtype)
     feats = {split: get_features(src, backbone, cache, config.backbone.batch_size, config.backbone.num_workers,
                                  config.data.bad_images, progress) for split, src in sources.items()}
