@@ -114,7 +114,8 @@ def accuracy(scores: Tensor, labels: Tensor) -> float:
 
 
 def world_rows(world: int, output: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    settings = DemoSettings(output=output, data_seed=world, ablations=False,
+    settings = DemoSettings(output=output, data_seed=world, ablations=False, n_classes=args.n_classes,
+                            n_train=args.n_train, n_test=args.n_test,
                             overrides=[f"backbone.patch_layer={args.patch_layer}", f"backbone.patch_path={args.patch_path}"])
     ensure_partsworld(world_folder(settings), settings.n_classes, settings.n_train, settings.n_test, world,
                       settings.image_size)
@@ -125,7 +126,7 @@ def world_rows(world: int, output: Path, args: argparse.Namespace) -> dict[str, 
     test_labels = torch.as_tensor(data.scenario.remap(data.test.labels)).long()
     held = torch.as_tensor(validation_mask(data.train.labels, data.train.sample_ids, config.data.validation_fraction,
                                            config.data.validation_seed))
-    as_tensor = lambda a: torch.as_tensor(np.asarray(a)).float()  # noqa: E731  (float16 cache -> float32)
+    as_tensor = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # noqa: E731  (float16 cache, a copy)
     g_all, p_all = as_tensor(data.train.global_), as_tensor(data.train.patches)
     g_te, p_te = as_tensor(data.test.global_), as_tensor(data.test.patches)
     fit = ~held
@@ -174,7 +175,7 @@ def _fused_rows(cls: dict, patch: dict, splits: dict, test_labels: Tensor) -> di
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", default="0,1", help="World seeds (default: the tuning worlds).")
     parser.add_argument("--output", type=Path, default=Path("spacil-ceiling"))
@@ -187,7 +188,10 @@ def main() -> None:
                         help="'learned': only the [CLS] row and the learned set from the phrases (fast).")
     parser.add_argument("--patch-layer", type=int, default=-1, help="backbone.patch_layer (-1: CLIP's output tokens).")
     parser.add_argument("--patch-path", choices=["block", "value"], default="block", help="backbone.patch_path.")
-    args = parser.parse_args()
+    parser.add_argument("--n-classes", type=int, default=50, help="Parts-world classes (the demo's 50).")
+    parser.add_argument("--n-train", type=int, default=60, help="Training images per class.")
+    parser.add_argument("--n-test", type=int, default=20, help="Test images per class.")
+    args = parser.parse_args(argv)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     start = time.perf_counter()
     per_world = {w: world_rows(w, args.output, args) for w in (int(x) for x in args.worlds.split(","))}
