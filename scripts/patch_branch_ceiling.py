@@ -95,8 +95,9 @@ class LearnedSetBranch(nn.Module):
 
 
 def learned_scores(train: Tensor, labels: Tensor, tests: list[Tensor], tokens: Tensor, mask: Tensor,
-                   epochs: int, lr: float, scale: float, seed: int, learn_tokens: bool = True) -> list[Tensor]:
-    branch = LearnedSetBranch(tokens, mask, hidden=128, eps=0.1, iterations=30, seed=seed, learn_tokens=learn_tokens)
+                   epochs: int, lr: float, scale: float, seed: int, learn_tokens: bool = True,
+                   hidden: int = 128) -> list[Tensor]:
+    branch = LearnedSetBranch(tokens, mask, hidden=hidden, eps=0.1, iterations=30, seed=seed, learn_tokens=learn_tokens)
     optimizer = torch.optim.Adam([q for q in branch.parameters() if q.requires_grad], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -145,7 +146,7 @@ def world_rows(world: int, output: Path, args: argparse.Namespace) -> dict[str, 
     if args.rows == "learned":
         learned = dict(list(learned.items())[:1])
     patch = {name: dict(zip(splits, learned_scores(p_fit, y_fit, tests, start, sem.mask, args.epochs, args.lr,
-                                                   args.scale, args.seed, learn)))
+                                                   args.scale, args.seed, learn, args.hidden)))
              for name, (start, learn) in learned.items()}
     if args.rows == "all":
         patch.update(_frozen_rows(p_fit, y_fit, splits, n_classes, args))
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--scale", type=float, default=20.0, help="Logit scale of the learned branch's loss.")
     parser.add_argument("--anchors", type=int, default=8, help="k-means anchors per class.")
+    parser.add_argument("--hidden", type=int, default=128, help="Bottleneck width of the learned branch's projector.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", choices=["all", "learned"], default="all",
                         help="'learned': only the [CLS] row and the learned set from the phrases (fast).")

@@ -172,7 +172,7 @@ def extract(config: Optional[str] = ConfigOption, set_: Optional[List[str]] = Se
             distributed.init_distributed()
         backbone = load_backbone(cfg.backbone.name, cfg.backbone.checkpoint,
                                  distributed.rank_device(cfg.backbone.device), cfg.backbone.precision, cfg.data.resize)
-        backbone.set_patch_tokens(cfg.backbone.patch_layer, cfg.backbone.patch_path)
+        backbone.set_patch_source(cfg.backbone.patch_layer, cfg.backbone.patch_path)
         cache = FeatureCache(cfg.cache.root, verify=cfg.cache.verify, dtype=cfg.cache.dtype)
         for name, source in sources.items():
             feats = distributed.get_features_distributed(source, backbone, cache, cfg.backbone.batch_size,

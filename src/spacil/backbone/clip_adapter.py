@@ -167,7 +167,7 @@ class FrozenCLIP:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def set_patch_tokens(self, layer: int = -1, path: str = "block") -> None:
+    def set_patch_source(self, layer: int = -1, path: str = "block") -> None:
         """Choose where patch tokens are read (``backbone.patch_layer`` / ``backbone.patch_path``).
 
         CLIP trains its last block for the [CLS] token only, so its output patch tokens localise poorly;
@@ -185,10 +185,10 @@ class FrozenCLIP:
             if visual.attn_pool is not None:
                 raise UsageError(f"backbone.patch_layer / patch_path: {self.name} pools with attention; only "
                                  "the default patch tokens (patch_layer=-1, patch_path=block) are supported")
-            attn = visual.transformer.resblocks[layer].attn
-            if path == "value" and getattr(attn, "in_proj_weight", None) is None:
-                raise UsageError(f"backbone.patch_path=value: block {layer} of {self.name} has no packed "
-                                 "query-key-value projection to take the value path from")
+            attn = getattr(visual.transformer.resblocks[layer], "attn", None)
+            if path == "value" and not isinstance(attn, torch.nn.MultiheadAttention):
+                raise UsageError(f"backbone.patch_path=value: block {layer} of {self.name} is not a plain "
+                                 "attention block to take the value path from; use backbone.patch_path=block")
         self.patch_layer, self.patch_path = layer, path
 
     def patch_source_description(self) -> dict:
@@ -220,7 +220,8 @@ class FrozenCLIP:
 
     def _forward_with_patch_source(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """open_clip's image forward (no attention pool), with the patch tokens taken from block
-        ``patch_layer``: its output, or its value path alone; both then through ln_post like output tokens."""
+        ``patch_layer``: its output, or its value path alone; both then normalised and pooled as open_clip
+        does the output tokens (ln_post first unless the model applies it after pooling)."""
         visual = self.model.visual
         x = visual._embeds(images)
         transformer = visual.transformer

@@ -57,7 +57,7 @@ def guidance_requests(config: Config, settings: DescribeSettings, progress: bool
     source = load_split(config.data.dataset, "train", config.data.root, config.data.download)
     backbone = load_backbone(config.backbone.name, config.backbone.checkpoint, config.backbone.device,
                              config.backbone.precision, config.data.resize)
-    backbone.set_patch_tokens(config.backbone.patch_layer, config.backbone.patch_path)  # shares the run's cache
+    backbone.set_patch_source(config.backbone.patch_layer, config.backbone.patch_path)  # shares the run's cache
     feats = get_features(source, backbone, FeatureCache(config.cache.root, config.cache.verify, config.cache.dtype),
                          config.backbone.batch_size, config.backbone.num_workers, config.data.bad_images, progress)
     row_of_id = {sid: i for i, sid in enumerate(source.sample_id(i) for i in range(len(source)))}

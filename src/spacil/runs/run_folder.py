@@ -56,11 +56,15 @@ RESULT_NEUTRAL_FIELDS = ("data.root", "data.download", "backbone.num_workers", "
 #: change nothing), so runs without a validation split keep the keys they had before the split existed.
 VALIDATION_FIELDS = ("validation_fraction", "validation_seed")
 
+#: Fields added after runs were keyed, with the value every earlier run had: left out of the key at that
+#: value, so those runs keep their keys (and folders); any other value is part of it.
+ADDED_FIELD_DEFAULTS = {"backbone.patch_layer": -1, "backbone.patch_path": "block"}
+
 
 def config_digest(config: Config) -> str:
     """sha256 of the resolved config over what determines the results: without :data:`RESULT_NEUTRAL_FIELDS`,
-    without the sections of methods other than the chosen one, and without :data:`VALIDATION_FIELDS` when
-    there is no validation split."""
+    without the sections of methods other than the chosen one, without :data:`VALIDATION_FIELDS` when
+    there is no validation split, and without :data:`ADDED_FIELD_DEFAULTS` at their defaults."""
     data = config.model_dump(mode="json")
     for dotted in RESULT_NEUTRAL_FIELDS:
         *parents, last = dotted.split(".")
@@ -68,6 +72,10 @@ def config_digest(config: Config) -> str:
         for part in parents:
             node = node[part]
         node.pop(last)
+    for dotted, before in ADDED_FIELD_DEFAULTS.items():
+        section, field = dotted.split(".")
+        if data[section].get(field) == before:
+            data[section].pop(field)
     if not data["data"]["validation_fraction"]:
         for unused in VALIDATION_FIELDS:  # no validation split: its seed changes nothing, and old keys stay
             data["data"].pop(unused)

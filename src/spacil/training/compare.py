@@ -82,6 +82,9 @@ def prepare_variants(base: Config, variants: Sequence[str], progress: bool = Tru
     first_of_method: dict[str, Config] = {}
     for variant in variants:
         cfg = variant_config(raw, variant, base.train.seed, Path(base.run.output_dir))
+        if cfg.backbone != base.backbone:  # one extraction serves every variant
+            raise UsageError(f"variant {variant!r} changes the backbone section; variants share one set of "
+                             "features: set backbone.* for the whole comparison (--set) instead")
         first_of_method.setdefault(cfg.method.name, cfg)
     configs = list(first_of_method.values())
     return prepare_data(configs[0], progress=progress, methods=configs)

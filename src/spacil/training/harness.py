@@ -88,6 +88,7 @@ def prepare_data(config: Config, backbone: FrozenCLIP | None = None, cache_root:
 
     The ``prepare`` hook of the method of each config in ``methods`` (default: ``config`` alone) adds
     what that method needs to the class texts, so one set of prepared data can serve several methods.
+    A ``backbone`` passed in is set to this config's image transform and patch source, and keeps them.
     """
     # Everything that needs no backbone is checked first (descriptions, dataset key and folders, the split):
     # a mistake there fails in seconds, not after loading the encoder and hours of encoding.
@@ -103,7 +104,7 @@ def prepare_data(config: Config, backbone: FrozenCLIP | None = None, cache_root:
     backbone = backbone or load_backbone(config.backbone.name, config.backbone.checkpoint,
                                          config.backbone.device, config.backbone.precision)
     backbone.set_resize(config.data.resize)  # a backbone passed in follows this config's transform too
-    backbone.set_patch_tokens(config.backbone.patch_layer, config.backbone.patch_path)
+    backbone.set_patch_source(config.backbone.patch_layer, config.backbone.patch_path)
     cache = FeatureCache(cache_root or config.cache.root, verify=config.cache.verify, dtype=config.cache.dtype)
     feats = {split: get_features(src, backbone, cache, config.backbone.batch_size, config.backbone.num_workers,
                                  config.data.bad_images, progress) for split, src in sources.items()}
