@@ -1,22 +1,18 @@
 """scripts/forgetting_anatomy.py on real runs of a tiny comparison: its figures agree with the run's own."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from repo_scripts import load_script
 from spacil.config import load_config
 from spacil.training.compare import run_comparison
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "forgetting_anatomy.py"
 
 
 def test_anatomy_matches_the_runs_forgetting_and_final_accuracy(image_folder, tmp_path):
-    spec = importlib.util.spec_from_file_location("forgetting_anatomy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scripts/forgetting_anatomy.py", "forgetting_anatomy")
     base = load_config(None, [f"data.root={image_folder}", "data.init_cls=2", "data.increment=1",
                               f"cache.root={tmp_path / 'c'}", "backbone.num_workers=0", "run.plots=false",
                               f"run.output_dir={tmp_path / 'out' / 'runs'}"])

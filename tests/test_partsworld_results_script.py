@@ -1,22 +1,16 @@
 """scripts/partsworld_results.py's tables on hand-made run records (no training)."""
 
-import importlib.util
 import random
-from pathlib import Path
 
 import pytest
 
+from repo_scripts import load_script
 from spacil.training.compare import ComparisonRow
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "partsworld_results.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("partsworld_results", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/partsworld_results.py", "partsworld_results")
 
 
 PAIRS = [(3, 1), (3, 2), (4, 1), (4, 2)]

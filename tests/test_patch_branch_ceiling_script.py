@@ -1,11 +1,9 @@
 """scripts/patch_branch_ceiling.py on a tiny parts world: the rows it prints, and the patch-source options."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "patch_branch_ceiling.py"
+from repo_scripts import load_script
+
 TINY = ["--worlds", "0", "--n-classes", "10", "--n-train", "10", "--n-test", "3", "--epochs", "2", "--anchors", "2"]
 
 
@@ -16,10 +14,7 @@ def _rows(printed: str) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("patch_branch_ceiling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/patch_branch_ceiling.py", "patch_branch_ceiling")
 
 
 @pytest.mark.slow

@@ -221,7 +221,9 @@ class FrozenCLIP:
     def _forward_with_patch_source(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """open_clip's image forward (no attention pool), with the patch tokens taken from block
         ``patch_layer``: its output, or its value path alone; both then normalised and pooled as open_clip
-        does the output tokens (ln_post first unless the model applies it after pooling)."""
+        does the output tokens (ln_post first unless the model applies it after pooling). Uses open_clip
+        3.x's ``_embeds`` / ``_pool`` / ``_global_pool`` (the dependency range); tests/test_patch_source.py
+        checks it against hooks on open_clip's own forward."""
         visual = self.model.visual
         x = visual._embeds(images)
         transformer = visual.transformer
