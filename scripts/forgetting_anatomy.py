@@ -64,7 +64,7 @@ def branch_logits(learner, batch, n_seen: int) -> dict[str, torch.Tensor]:
 def background_by_task(learner, data, task: torch.Tensor) -> list[float] | None:
     """For a learned patch branch: each class's mean patch score on the other classes' training images of its
     own task (how strongly its tokens match any image it was trained beside), averaged per task."""
-    if not getattr(learner, "_learned_patches", False):
+    if not getattr(learner, "learns_patch_alignment", False):
         return None
     labels = data.scenario.remap(data.train.labels)
     batch = load_rows(data.train, np.arange(len(labels)), labels, torch.device("cpu"))

@@ -135,13 +135,15 @@ class SPALearner(Learner):
         return self.config.projector.scope == "global"
 
     @property
-    def _learned_patches(self) -> bool:
+    def learns_patch_alignment(self) -> bool:
+        """A patch projector (and, by default, class tokens) trained through the OT score: the default
+        patch branch. Read by scripts/forgetting_anatomy.py for the branch's background rates."""
         p = self.config.projector
         return self.config.patch_branch and p.scope == "global" and p.patch in {"per_task", "first_task"}
 
     @property
     def _learned_tokens(self) -> bool:
-        return self._learned_patches and self.config.projector.tokens == "learned"
+        return self.learns_patch_alignment and self.config.projector.tokens == "learned"
 
     # ------------------------------------------------------------------ set-up
     def _attach(self, ctx: TaskContext) -> None:
@@ -159,7 +161,7 @@ class SPALearner(Learner):
             p = self.config.projector
             self.visual = ProjectorStack(dim, p.hidden_dim, p.per_task).to(ctx.device)
             self.text = ProjectorStack(dim, p.hidden_dim, p.per_task).to(ctx.device) if p.text else None
-            self.patch_projectors = nn.ModuleList() if self._learned_patches else None
+            self.patch_projectors = nn.ModuleList() if self.learns_patch_alignment else None
             self.token_offsets = nn.ParameterList() if self._learned_tokens else None
 
     def _add_projectors(self, seed: int) -> None:
@@ -273,7 +275,7 @@ class SPALearner(Learner):
         task j are scored on patches projected by task j's projector."""
         n = side["tokens"].shape[0]
         classes = classes if classes is not None else range(n)
-        if not self._learned_patches:
+        if not self.learns_patch_alignment:
             part = self._side_slice(side, classes.start, classes.stop)
             return self.patch_scores(self._patch_input(patches), part)
         x = F.normalize(patches.float(), dim=-1)
@@ -439,7 +441,7 @@ class SPALearner(Learner):
         steps_per_epoch = max(1, -(-n // tc.batch_size))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps_per_epoch * tc.epochs)
         new = range(ctx.new_classes.start, ctx.n_seen)
-        learned, fixed = self._learned_patches, cfg.patch_branch and self._frozen_patch_branch
+        learned, fixed = self.learns_patch_alignment, cfg.patch_branch and self._frozen_patch_branch
         patch_replay = cfg.patch_branch and cfg.replay.patch_mode != "none"
         real_fixed = pool_fixed = None
         if fixed:
@@ -505,7 +507,7 @@ class SPALearner(Learner):
                 patch = pool_fixed[j_dev]
             else:  # drawn per step for this step's labels: an epoch's pseudo patch sets at once would not fit
                 pseudo = self._pseudo_patches(labels, 1, generator)
-                if self._learned_patches:
+                if self.learns_patch_alignment:
                     with torch.no_grad():
                         old_part = self.branch_scores(pseudo, side, range(new.start))[0]
                     patch = torch.cat([old_part, self.branch_scores(pseudo, side, new)[0]], dim=1)
