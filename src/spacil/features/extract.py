@@ -68,8 +68,8 @@ def feature_key_parts(source: ImageSource, backbone: FrozenCLIP, storage_dtype: 
         "content_sha256": content_hash(source, cache.root if cache is not None else None,
                                        cache.verify if cache is not None else "fast"),
     }
-    if backbone.patch_source_description():
-        parts["patch_tokens"] = backbone.patch_source_description()
+    if patch_source := backbone.patch_source_description():
+        parts["patch_tokens"] = patch_source
     if storage_dtype != "float16":
         parts["storage_dtype"] = storage_dtype
     if backbone.amp_dtype is not None:
